@@ -1,0 +1,148 @@
+"""Structured-config schemas: every Hydra config is merged into these at start-up.
+
+Merging the composed YAML into the dataclasses catches misspelt keys, wrong types and
+invalid choices before a single image is read, so a sweep never dies an hour in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda")
+LATENT_POLICIES = ("sample", "mode")
+GT_DTYPES = ("model", "float32")
+VALUE_RANGES = ("minus_one_one", "zero_one")
+QUANTIZE_RULES = ("none", "round", "truncate")
+DATASET_SOURCES = ("hub", "folder")
+MODEL_LOADERS = ("diffusers", "tiny")
+
+
+@dataclass
+class ModelConfig:
+    """Where a VAE's weights come from and how to run it."""
+
+    name: str = "???"
+    loader: str = "diffusers"  # diffusers: from_pretrained; tiny: our TAESD-family module
+    repo: str | None = None  # hub model repo, e.g. BiliSakura/VAEs
+    subfolder: str | None = None
+    path: str | None = None  # local directory; wins over repo
+    revision: str | None = None
+    upstream_repo: str | None = None  # the original publisher, for provenance
+    upstream_subfolder: str | None = None
+    arch: str | None = None  # shipped architecture config (vaes4rs/models/configs/<arch>.json)
+    variant: str | None = None  # tiny loader: taef2, ...
+    dtype: str = "auto"
+    allow_pickle: bool = False
+    upcast_on_overflow: bool = False
+
+
+@dataclass
+class DatasetConfig:
+    """An image set read as class folders (hub snapshot or local directory)."""
+
+    name: str = "???"
+    source: str = "folder"
+    repo: str | None = None  # hub dataset repo, e.g. blanchon/RESISC45
+    revision: str | None = None
+    archive: str | None = None  # a zip inside the hub repo to extract (UC Merced)
+    subdir: str | None = None  # class folders live here, relative to the snapshot/extract
+    root: str | None = None  # folder source: the directory holding class folders
+    classes: list[str] | None = None
+    limit_per_class: int | None = None
+    resize: list[int] | None = None  # [H, W]; None keeps native size
+    skip_corrupt: bool = False
+    num_workers: int = 2
+
+
+@dataclass
+class MetricConfig:
+    """A protocol: which definitions, on which range, with which latent policy."""
+
+    protocol: str = "paper"
+    latent: str = "sample"
+    seed: int = 42
+    gt_dtype: str = "model"  # ground truth cast to the model dtype before scoring (the study)
+    value_range: str = "minus_one_one"
+    quantize: str = "none"  # how reconstructions become pixels before pixel metrics
+    pool_size: int = 64  # PSNR pooled over groups of this many images; 1 = per-image mean
+    psnr: bool = True
+    ssim: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    backend: str = "none"  # none | wandb
+    project: str = "vaes4rs"
+    entity: str | None = None
+    mode: str = "offline"  # offline | online | disabled; WANDB_MODE wins when set
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunSettings:
+    device: str = "auto"
+    batch_size: int = 64
+    n_samples: int = 8  # images shown in samples.png
+    experiment: str = "default"
+    progress: bool = True
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    metric: MetricConfig = field(default_factory=MetricConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    run: RunSettings = field(default_factory=RunSettings)
+
+
+def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{key}={value!r} is not valid; choose one of {', '.join(choices)}")
+
+
+def validate(cfg: DictConfig) -> RunConfig:
+    """Merge the composed config into the schema and check every enumerated choice."""
+    merged = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
+    run_cfg: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    model, dataset, metric = run_cfg.model, run_cfg.dataset, run_cfg.metric
+    _check_choice("model.loader", model.loader, MODEL_LOADERS)
+    _check_choice("model.dtype", model.dtype, DTYPES)
+    _check_choice("run.device", run_cfg.run.device, DEVICES)
+    _check_choice("dataset.source", dataset.source, DATASET_SOURCES)
+    _check_choice("metric.latent", metric.latent, LATENT_POLICIES)
+    _check_choice("metric.gt_dtype", metric.gt_dtype, GT_DTYPES)
+    _check_choice("metric.value_range", metric.value_range, VALUE_RANGES)
+    _check_choice("metric.quantize", metric.quantize, QUANTIZE_RULES)
+    _check_choice("logger.backend", run_cfg.logger.backend, ("none", "wandb"))
+    if model.loader == "diffusers" and not (model.path or model.repo):
+        raise ValueError(f"model '{model.name}': set model.path=<dir> or model.repo=<hub id>")
+    if dataset.source == "folder" and not dataset.root:
+        raise ValueError("dataset=folder needs dataset.root=<dir with one sub-folder per class>")
+    if dataset.source == "hub" and not dataset.repo:
+        raise ValueError(f"dataset '{dataset.name}': source=hub needs dataset.repo")
+    if dataset.resize is not None and len(dataset.resize) != 2:
+        raise ValueError(f"dataset.resize must be [H, W], got {dataset.resize}")
+    if metric.pool_size < 1:
+        raise ValueError(f"metric.pool_size must be >= 1, got {metric.pool_size}")
+    if run_cfg.run.batch_size < 1:
+        raise ValueError(f"run.batch_size must be >= 1, got {run_cfg.run.batch_size}")
+    return run_cfg
+
+
+def folder_name(path: str | None, subfolder: str | None = None) -> str:
+    """Default label of a local model or dataset: its folder's name (used by a resolver)."""
+    if not path:
+        return "???"
+    folder = Path(path).expanduser() / (subfolder or "")
+    return folder.resolve().name
+
+
+def register_resolvers() -> None:
+    """``${vaes4rs.folder_name:${model.path},${model.subfolder}}`` labels local models and folders by name."""
+    OmegaConf.register_new_resolver("vaes4rs.folder_name", folder_name, replace=True)

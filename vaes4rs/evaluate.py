@@ -1,0 +1,138 @@
+"""The streaming loop of one job: dataset -> adapter -> metric suite -> result files.
+
+Nothing outlives its batch except per-image rows (on disk after every batch) and the
+suite's running statistics, so memory stays flat however large the dataset.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from vaes4rs import results
+from vaes4rs.config import RunConfig
+from vaes4rs.data import prepare
+from vaes4rs.metrics.suite import MetricSuite
+from vaes4rs.models.adapter import VAEAdapter
+from vaes4rs.models.zoo import load_vae, resolve_dtype
+from vaes4rs.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("run.device=cuda but no CUDA device is visible; use run.device=cpu")
+    return torch.device(name)
+
+
+def to_minus_one_one(images: torch.Tensor) -> torch.Tensor:
+    """uint8 -> [-1, 1] exactly as ToTensor + Normalize(0.5, 0.5) computes it."""
+    return (images.float() / 255.0 - 0.5) / 0.5
+
+
+def model_stats(module: torch.nn.Module, adapter: VAEAdapter) -> dict[str, Any]:
+    params = sum(p.numel() for p in module.parameters())
+    shapes = {f"{h}x{w}": list(shape) for (h, w), shape in sorted(adapter.latent_shapes.items())}
+    stats: dict[str, Any] = {
+        "class": type(module).__name__,
+        "params": params,
+        "spatial_multiple": adapter.multiple,
+        "latent_shape": shapes,
+    }
+    return stats
+
+
+def evaluate(cfg: RunConfig, out_dir: Path, tracker: Tracker) -> dict[str, Any]:
+    """Run one (model, dataset, protocol) job and write its result files into ``out_dir``."""
+    device = pick_device(cfg.run.device)
+    dtype = resolve_dtype(cfg.model.dtype, device)
+    dataset = prepare(cfg.dataset, cfg.run.batch_size, pin_memory=device.type == "cuda")
+    log.info("dataset %s: %d images from %s", cfg.dataset.name, len(dataset.records), dataset.root)
+    module = load_vae(cfg.model, device, dtype)
+    adapter = VAEAdapter(
+        module,
+        name=cfg.model.name,
+        latent=cfg.metric.latent,
+        seed=cfg.metric.seed,
+        upcast_on_overflow=cfg.model.upcast_on_overflow,
+    )
+    suite = MetricSuite(cfg.metric, device, dtype)
+    writer = results.PerImageWriter(out_dir / results.PER_IMAGE_FILE, suite.columns)
+    skipped = list(dataset.skipped)
+    originals: list[torch.Tensor] = []
+    recons: list[torch.Tensor] = []
+    n_images = 0
+    start = time.perf_counter()
+    progress = tqdm(
+        total=len(dataset.records),
+        desc=f"{cfg.model.name}/{cfg.dataset.name}",
+        unit="img",
+        disable=not cfg.run.progress,
+    )
+    try:
+        for batch in dataset.loader:
+            skipped.extend(batch["skipped"])
+            if batch["images"] is None:
+                continue
+            records = batch["records"]
+            images = batch["images"].to(device, non_blocking=True)
+            original = to_minus_one_one(images)
+            recon = adapter.reconstruct(original, [r.image_id for r in records])
+            columns = suite.update(recon, original)
+            rows = []
+            for i, record in enumerate(records):
+                row = {
+                    "index": record.index,
+                    "image_id": record.image_id,
+                    "class": record.label,
+                    "height": int(images.shape[-2]),
+                    "width": int(images.shape[-1]),
+                }
+                row.update({key: float(values[i]) for key, values in columns.items()})
+                rows.append(row)
+            writer.write(rows)
+            if len(originals) < cfg.run.n_samples:
+                take = cfg.run.n_samples - len(originals)
+                originals.extend(images[:take].cpu())
+                recons.extend(results.to_uint8_images(recon[:take]))
+            n_images += len(records)
+            progress.update(len(records) + len(batch["skipped"]))
+            progress.set_postfix(img_s=f"{n_images / (time.perf_counter() - start):.2f}")
+    finally:
+        progress.close()
+        writer.close()
+    seconds = time.perf_counter() - start
+    if n_images == 0:
+        raise RuntimeError(f"dataset '{cfg.dataset.name}': every image was skipped as corrupt")
+    for record, error in skipped:
+        log.warning("skipped corrupt image %s: %s", record.path, error)
+    metrics = suite.finalize(writer.table())
+    if originals:
+        results.save_sample_grid(originals, recons, out_dir / results.SAMPLES_FILE)
+    payload: dict[str, Any] = {
+        "model": cfg.model.name,
+        "dataset": cfg.dataset.name,
+        "protocol": suite.protocol(),
+        "n_images": n_images,
+        "n_skipped": len(skipped),
+        "skipped": [{"image_id": r.image_id, "error": e} for r, e in skipped],
+        "metrics": metrics,
+        "model_stats": model_stats(module, adapter),
+        "timing": {
+            "seconds": seconds,
+            "images_per_second": n_images / seconds,
+            "device": str(device),
+            "dtype": str(dtype).removeprefix("torch."),
+            "batch_size": cfg.run.batch_size,
+        },
+        "versions": results.software_versions(),
+    }
+    return payload

@@ -1,0 +1,1 @@
+"""Metric definitions (one function each) and the suite a protocol assembles from them."""

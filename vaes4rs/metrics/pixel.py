@@ -1,0 +1,94 @@
+"""Pixel metrics: PSNR (per image and pooled per group) and SSIM, on a stated value range.
+
+These are the study's definitions (../shared/reference/paper.md): PSNR of a group's pooled
+MSE, averaged over groups of consecutive images, and SSIM with a Gaussian window
+(11, sigma 1.5, k1 0.01, k2 0.03) with no hidden downsampling. Everything accumulates in
+float64 so the order of batches cannot change a digit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+# The data range of each value range the protocols score on.
+DATA_RANGE = {"minus_one_one": 2.0, "zero_one": 1.0}
+
+
+def to_value_range(x: torch.Tensor, value_range: str) -> torch.Tensor:
+    """Map [-1, 1] images to the range a protocol scores on."""
+    if value_range == "minus_one_one":
+        return x
+    if value_range == "zero_one":
+        return (x + 1) / 2
+    raise ValueError(f"unknown value range {value_range!r}; valid: {sorted(DATA_RANGE)}")
+
+
+def quantize(x: torch.Tensor, rule: str) -> torch.Tensor:
+    """[-1, 1] float -> the 8-bit picture a saved file would hold, back in [-1, 1].
+
+    ``round`` is what a PNG writer stores; ``truncate`` is the study's FID input
+    (``((x+1)/2).clamp(0,1)*255`` cast to uint8).
+    """
+    if rule == "none":
+        return x
+    return to_uint8(x, rule).float() / 127.5 - 1
+
+
+def to_uint8(x: torch.Tensor, rule: str) -> torch.Tensor:
+    """[-1, 1] float -> uint8 by rounding or by truncation."""
+    scaled = ((x.float() + 1) / 2).clamp(0, 1) * 255
+    if rule == "round":
+        scaled = scaled.round()
+    elif rule != "truncate":
+        raise ValueError(f"unknown quantisation {rule!r}; valid: none, round, truncate")
+    return scaled.to(torch.uint8)
+
+
+def mse_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of each image of a (B, C, H, W) batch, in float64."""
+    diff = pred.double() - target.double()
+    return diff.pow(2).flatten(1).mean(dim=1)
+
+
+def psnr_from_mse(mse: np.ndarray | torch.Tensor | float, data_range: float):
+    return 10.0 * np.log10(data_range**2 / np.asarray(mse, dtype=np.float64))
+
+
+def pooled_psnr(mse: np.ndarray, n_values: np.ndarray, group_size: int, data_range: float) -> float:
+    """Mean over consecutive groups of ``group_size`` images of the PSNR of the group's MSE.
+
+    A group's MSE pools its squared errors (images of unequal size weigh by their pixel
+    count). ``group_size=1`` is the mean of per-image PSNR.
+    """
+    mse = np.asarray(mse, dtype=np.float64)
+    n_values = np.asarray(n_values, dtype=np.float64)
+    values = []
+    for start in range(0, len(mse), group_size):
+        sse = np.sum(mse[start : start + group_size] * n_values[start : start + group_size])
+        values.append(psnr_from_mse(sse / np.sum(n_values[start : start + group_size]), data_range))
+    return float(np.mean(values))
+
+
+def group_mean(values: np.ndarray, group_size: int) -> float:
+    """Mean over consecutive groups of per-group means (the study's batch-mean averaging)."""
+    values = np.asarray(values, dtype=np.float64)
+    means = [values[start : start + group_size].mean() for start in range(0, len(values), group_size)]
+    return float(np.mean(means))
+
+
+def ssim_per_image(pred: torch.Tensor, target: torch.Tensor, data_range: float) -> torch.Tensor:
+    """SSIM of each image: Gaussian window 11, sigma 1.5, k1 0.01, k2 0.03, no downsampling."""
+    values = structural_similarity_index_measure(
+        pred.double(),
+        target.double(),
+        gaussian_kernel=True,
+        sigma=1.5,
+        kernel_size=11,
+        reduction="none",
+        data_range=data_range,
+        k1=0.01,
+        k2=0.03,
+    )
+    return values.reshape(-1)

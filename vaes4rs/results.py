@@ -1,0 +1,130 @@
+"""Result files of one job: metrics.json, per_image.csv (written batch by batch), samples.png.
+
+Reports read only these files, so their shape is the contract between runs and tables.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+RESULT_FILE = "metrics.json"
+PER_IMAGE_FILE = "per_image.csv"
+SAMPLES_FILE = "samples.png"
+ID_COLUMNS = ("index", "image_id", "class", "height", "width")
+
+
+class PerImageWriter:
+    """Appends rows after every batch and flushes, so a crash loses at most one batch."""
+
+    def __init__(self, path: Path, metric_columns: Sequence[str]) -> None:
+        self.path = path
+        self.columns = [*ID_COLUMNS, *metric_columns]
+        self._file = path.open("w", newline="")
+        self._writer = csv.writer(self._file)
+        self._writer.writerow(self.columns)
+        self._rows: list[list[Any]] = []
+
+    def write(self, rows: Sequence[dict[str, Any]]) -> None:
+        for row in rows:
+            values = [row[column] for column in self.columns]
+            self._writer.writerow(values)
+            self._rows.append(values)
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def table(self) -> dict[str, np.ndarray]:
+        """All rows so far as columns, sorted into dataset order."""
+        rows = sorted(self._rows, key=lambda values: values[0])
+        columns = list(zip(*rows)) if rows else [[] for _ in self.columns]
+        return {name: np.asarray(values) for name, values in zip(self.columns, columns)}
+
+
+def read_per_image(path: Path) -> dict[str, np.ndarray]:
+    """per_image.csv as columns (numeric columns as float64)."""
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    table: dict[str, np.ndarray] = {}
+    for name in rows[0].keys() if rows else []:
+        values = [row[name] for row in rows]
+        try:
+            table[name] = np.asarray(values, dtype=np.float64)
+        except ValueError:
+            table[name] = np.asarray(values)
+    return table
+
+
+def software_versions() -> dict[str, str]:
+    import diffusers
+    import torchmetrics
+
+    import vaes4rs
+
+    versions = {
+        "vaes4rs": vaes4rs.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "torchmetrics": torchmetrics.__version__,
+        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
+    }
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    versions["git_commit"] = commit or "unknown"
+    return versions
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write atomically: a reader never sees half a metrics.json."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=_json_default) + "\n")
+    tmp.replace(path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, (tuple, Path)):
+        return list(value) if isinstance(value, tuple) else str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def save_sample_grid(originals: Sequence[torch.Tensor], recons: Sequence[torch.Tensor], path: Path) -> None:
+    """Originals (top row) above their reconstructions (bottom row); uint8 CHW tiles.
+
+    Tiles of another size than the first are resized for display only.
+    """
+    from torchvision.transforms.v2.functional import resize
+    from torchvision.utils import make_grid, save_image
+
+    size = list(originals[0].shape[-2:])
+    tiles = [
+        t if list(t.shape[-2:]) == size else resize(t, size, antialias=True) for t in [*originals, *recons]
+    ]
+    grid = make_grid(torch.stack(tiles).float() / 255, nrow=len(originals), padding=2, pad_value=1.0)
+    save_image(grid, path)
+
+
+def to_uint8_images(recon: torch.Tensor) -> list[torch.Tensor]:
+    """[-1, 1] reconstructions -> rounded uint8 CHW tensors on the CPU (what a PNG holds)."""
+    from vaes4rs.metrics.pixel import to_uint8
+
+    return list(to_uint8(recon.detach().cpu(), "round"))

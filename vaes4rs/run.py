@@ -1,0 +1,99 @@
+"""``python -m vaes4rs.run``: evaluate one VAE on one image set, or a Hydra sweep of them.
+
+    python -m vaes4rs.run model=flux2 dataset=aid
+    python -m vaes4rs.run -m model=sd21,sdxl,flux2 dataset=aid,resisc45
+
+In a sweep a failing job writes ``error.json`` into its directory and the sweep goes on;
+``vaes4rs.sweep.SweepSummary`` lists the failures at the end and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from vaes4rs import results
+from vaes4rs.config import register_resolvers, validate
+from vaes4rs.evaluate import evaluate
+from vaes4rs.tracking import make_tracker
+
+log = logging.getLogger("vaes4rs")
+ERROR_FILE = "error.json"
+
+register_resolvers()
+
+
+def run_job(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Validate, evaluate, write metrics.json and mirror it to the tracker."""
+    run_cfg = validate(cfg)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    tracker = make_tracker(run_cfg.logger)
+    hydra_cfg = HydraConfig.get()
+    group = run_cfg.run.experiment
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        group = f"{group}-{Path(hydra_cfg.sweep.dir).name}"
+    failed = True
+    try:
+        tracker.start(
+            name=f"{run_cfg.model.name}-{run_cfg.dataset.name}",
+            group=group,
+            config=resolved,  # type: ignore[arg-type]
+            tags=[run_cfg.model.name, run_cfg.dataset.name, run_cfg.metric.protocol],
+            out_dir=out_dir,
+        )
+        payload = evaluate(run_cfg, out_dir, tracker)
+        payload["config"] = resolved
+        results.write_json(out_dir / results.RESULT_FILE, payload)
+        tracker.log_summary({**payload["metrics"], "n_images": payload["n_images"]})
+        tracker.log_image("samples", out_dir / results.SAMPLES_FILE, "originals (top), reconstructions")
+        failed = False
+    finally:
+        tracker.finish(failed)
+    log.info(
+        "%s on %s (%s, %d images): %s -> %s",
+        run_cfg.model.name,
+        run_cfg.dataset.name,
+        run_cfg.metric.protocol,
+        payload["n_images"],
+        ", ".join(f"{k}={v:.4f}" for k, v in payload["metrics"].items()),
+        out_dir / results.RESULT_FILE,
+    )
+    return payload
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> dict[str, float] | None:
+    hydra_cfg = HydraConfig.get()
+    out_dir = Path(hydra_cfg.runtime.output_dir)
+    try:
+        return run_job(cfg, out_dir)["metrics"]
+    except Exception as exc:
+        (out_dir / ERROR_FILE).write_text(
+            json.dumps(
+                {
+                    "job": hydra_cfg.job.override_dirname or hydra_cfg.job.name,
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "traceback": traceback.format_exc(),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            raise
+        log.error(
+            "job %s failed: %s: %s (see %s)", out_dir.name, type(exc).__name__, exc, out_dir / ERROR_FILE
+        )
+        return None
+
+
+if __name__ == "__main__":
+    main()

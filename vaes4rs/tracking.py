@@ -1,0 +1,73 @@
+"""Experiment tracking: Weights & Biases (offline by default) or nothing.
+
+The run directory is the source of truth; W&B mirrors it so sweeps can be compared in its UI.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from vaes4rs.config import LoggerConfig
+
+log = logging.getLogger(__name__)
+
+
+class Tracker:
+    """No-op tracker (``logger=none``); the W&B one overrides every method."""
+
+    def start(self, *, name: str, group: str, config: dict[str, Any], tags: list[str], out_dir: Path) -> None:
+        pass
+
+    def log_summary(self, values: dict[str, Any]) -> None:
+        pass
+
+    def log_image(self, key: str, path: Path, caption: str) -> None:
+        pass
+
+    def finish(self, failed: bool) -> None:
+        pass
+
+
+class WandbTracker(Tracker):
+    def __init__(self, cfg: LoggerConfig) -> None:
+        self.cfg = cfg
+        self.run = None
+
+    def start(self, *, name, group, config, tags, out_dir):
+        import wandb
+
+        mode = os.environ.get("WANDB_MODE") or self.cfg.mode
+        self.run = wandb.init(
+            project=self.cfg.project,
+            entity=self.cfg.entity,
+            name=name,
+            group=group,
+            config=config,
+            tags=[*tags, *self.cfg.tags],
+            mode=mode,
+            dir=os.environ.get("WANDB_DIR") or str(out_dir),
+            reinit="finish_previous",
+        )
+
+    def log_summary(self, values):
+        if self.run is not None:
+            for key, value in values.items():
+                self.run.summary[key] = value
+
+    def log_image(self, key, path, caption):
+        if self.run is not None and path.is_file():
+            import wandb
+
+            self.run.log({key: wandb.Image(str(path), caption=caption)})
+
+    def finish(self, failed):
+        if self.run is not None:
+            self.run.finish(exit_code=1 if failed else 0)
+            self.run = None
+
+
+def make_tracker(cfg: LoggerConfig) -> Tracker:
+    return WandbTracker(cfg) if cfg.backend == "wandb" else Tracker()
