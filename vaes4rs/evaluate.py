@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,8 @@ def evaluate(cfg: RunConfig, out_dir: Path, tracker: Tracker) -> dict[str, Any]:
     suite = MetricSuite(cfg.metric, device, dtype)
     writer = results.PerImageWriter(out_dir / results.PER_IMAGE_FILE, suite.columns)
     skipped = list(dataset.skipped)
-    originals: list[torch.Tensor] = []
-    recons: list[torch.Tensor] = []
+    sample_ids = results.choose_sample_ids([r.image_id for r in dataset.records], cfg.run.n_samples)
+    samples: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # image_id -> (original, recon)
     n_images = 0
     start = time.perf_counter()
     progress = tqdm(
@@ -99,10 +100,9 @@ def evaluate(cfg: RunConfig, out_dir: Path, tracker: Tracker) -> dict[str, Any]:
                 row.update({key: float(values[i]) for key, values in columns.items()})
                 rows.append(row)
             writer.write(rows)
-            if len(originals) < cfg.run.n_samples:
-                take = cfg.run.n_samples - len(originals)
-                originals.extend(images[:take].cpu())
-                recons.extend(results.to_uint8_images(recon[:take]))
+            for i, record in enumerate(records):
+                if record.image_id in sample_ids:
+                    samples[record.image_id] = (images[i].cpu(), results.to_uint8_images(recon[i : i + 1])[0])
             n_images += len(records)
             progress.update(len(records) + len(batch["skipped"]))
             progress.set_postfix(img_s=f"{n_images / (time.perf_counter() - start):.2f}")
@@ -114,9 +114,15 @@ def evaluate(cfg: RunConfig, out_dir: Path, tracker: Tracker) -> dict[str, Any]:
         raise RuntimeError(f"dataset '{cfg.dataset.name}': every image was skipped as corrupt")
     for record, error in skipped:
         log.warning("skipped corrupt image %s: %s", record.path, error)
-    metrics = suite.finalize(writer.table())
-    if originals:
-        results.save_sample_grid(originals, recons, out_dir / results.SAMPLES_FILE)
+    table = writer.table()
+    metrics = suite.finalize(table)
+    results.write_per_class(out_dir / results.PER_CLASS_FILE, table, suite.columns)
+    if samples:
+        ordered = [samples[image_id] for image_id in sample_ids if image_id in samples]
+        results.save_samples(samples, out_dir / results.SAMPLES_DIR)
+        results.save_sample_grid(
+            [o for o, _ in ordered], [r for _, r in ordered], out_dir / results.SAMPLES_FILE
+        )
     payload: dict[str, Any] = {
         "model": cfg.model.name,
         "dataset": cfg.dataset.name,
@@ -134,5 +140,6 @@ def evaluate(cfg: RunConfig, out_dir: Path, tracker: Tracker) -> dict[str, Any]:
             "batch_size": cfg.run.batch_size,
         },
         "versions": results.software_versions(),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     return payload

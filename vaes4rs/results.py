@@ -6,6 +6,7 @@ Reports read only these files, so their shape is the contract between runs and t
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import platform
 import subprocess
@@ -19,6 +20,8 @@ import torch
 RESULT_FILE = "metrics.json"
 PER_IMAGE_FILE = "per_image.csv"
 SAMPLES_FILE = "samples.png"
+SAMPLES_DIR = "samples"
+PER_CLASS_FILE = "per_class.csv"
 ID_COLUMNS = ("index", "image_id", "class", "height", "width")
 
 
@@ -128,3 +131,41 @@ def to_uint8_images(recon: torch.Tensor) -> list[torch.Tensor]:
     from vaes4rs.metrics.pixel import to_uint8
 
     return list(to_uint8(recon.detach().cpu(), "round"))
+
+
+def choose_sample_ids(image_ids: Sequence[str], n: int) -> list[str]:
+    """``n`` ids spread over the set, chosen by a hash of the id alone.
+
+    The choice depends only on the ids, so every model of a dataset shows the same images
+    and a figure can put them side by side.
+    """
+    return sorted(image_ids, key=lambda image_id: hashlib.sha1(image_id.encode()).hexdigest())[:n]
+
+
+def sample_key(image_id: str) -> str:
+    """File name stem of a sample: ``airplane/airplane_001.jpg`` -> ``airplane__airplane_001``."""
+    return Path(image_id).with_suffix("").as_posix().replace("/", "__")
+
+
+def save_samples(samples: dict[str, tuple[torch.Tensor, torch.Tensor]], folder: Path) -> None:
+    """Lossless PNGs of originals and reconstructions (uint8 CHW), one file each."""
+    from PIL import Image
+
+    for kind in ("originals", "reconstructions"):
+        (folder / kind).mkdir(parents=True, exist_ok=True)
+    for image_id, (original, recon) in samples.items():
+        for kind, image in (("originals", original), ("reconstructions", recon)):
+            pixels = image.permute(1, 2, 0).numpy()
+            Image.fromarray(pixels).save(folder / kind / f"{sample_key(image_id)}.png")
+
+
+def write_per_class(path: Path, table: dict[str, np.ndarray], metric_columns: Sequence[str]) -> None:
+    """Mean of each per-image metric per class, with the image count."""
+    labels = table["class"]
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["class", "n_images", *metric_columns])
+        for label in sorted(set(labels.tolist())):
+            mask = labels == label
+            means = [float(np.mean(table[column][mask].astype(np.float64))) for column in metric_columns]
+            writer.writerow([label, int(mask.sum()), *means])

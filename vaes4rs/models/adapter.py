@@ -116,14 +116,13 @@ class VAEAdapter:
         shape = tuple(z.shape[1:])
         self.latent_shapes[(height, width)] = (shape[0], *shape[2:]) if self.family == "qwen" else shape
         out = self.decode(z)[..., :height, :width]
-        if not torch.isfinite(out).all():
-            if not self.upcast_on_overflow:
-                raise NonFiniteOutputError(
-                    f"model '{self.name}' in {self.dtype} produced non-finite values for "
-                    f"image(s) {list(image_ids)[:8]}; run with model.dtype=float32 or "
-                    "model.upcast_on_overflow=true"
-                )
+        if not torch.isfinite(out).all() and self.upcast_on_overflow:
             out = self._reconstruct_float32(padded)[..., :height, :width]
+        if not torch.isfinite(out).all():
+            raise NonFiniteOutputError(
+                f"model '{self.name}' in {out.dtype} produced non-finite values for image(s) "
+                f"{list(image_ids)[:8]}; run with model.dtype=float32 or model.upcast_on_overflow=true"
+            )
         return out.float().clamp(-1.0, 1.0)
 
     def _reconstruct_float32(self, padded: torch.Tensor) -> torch.Tensor:

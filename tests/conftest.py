@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny random-init models in the hub's layout, image folders, paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.tiny_models import save_tiny_models
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+RS_SAMPLES = SHARED / "data" / "rs-samples"
+CONF_DIR = REPO_ROOT / "conf"
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def needs_shared(path: Path) -> None:
+    """Skip (with the reason) when ../shared or a file in it is absent."""
+    if not path.exists():
+        pytest.skip(f"{path} not present (../shared is only laid out for developers and CI)")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder laid out like BiliSakura/VAEs: SD21-VAE/, FLUX2-VAE/, SANA-VAE/, Qwen-VAE/."""
+    return save_tiny_models(tmp_path_factory.mktemp("VAEs"))
+
+
+def write_rgb(path: Path, height: int, width: int, seed: int) -> np.ndarray:
+    """A smooth-ish random RGB image (PNG unless the suffix says otherwise)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (height // 8 + 1, width // 8 + 1, 3), dtype=np.uint8)
+    pixels = np.kron(coarse, np.ones((8, 8, 1), dtype=np.uint8))[:height, :width]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return pixels
+
+
+@pytest.fixture()
+def image_folder(tmp_path: Path) -> Path:
+    """Two classes, one of them with mixed sizes (150x150 and 96x96)."""
+    root = tmp_path / "scenes"
+    for i in range(3):
+        write_rgb(root / "forest" / f"forest_{i}.png", 64, 64, seed=i)
+    write_rgb(root / "harbor" / "harbor_0.png", 150, 150, seed=10)
+    write_rgb(root / "harbor" / "harbor_1.png", 96, 96, seed=11)
+    write_rgb(root / "harbor" / "harbor_2.png", 150, 150, seed=12)
+    return root
