@@ -95,5 +95,7 @@ def test_missing_weights_offline_names_repo_and_fix(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cfg = ModelConfig(name="sd21", repo="BiliSakura/VAEs", subfolder="SD21-VAE")
-    with pytest.raises(RuntimeError, match=r"BiliSakura/VAEs \(subfolder SD21-VAE\).*hf download BiliSakura/VAEs"):
+    with pytest.raises(
+        RuntimeError, match=r"BiliSakura/VAEs \(subfolder SD21-VAE\).*hf download BiliSakura/VAEs"
+    ):
         load_vae(cfg, CPU, torch.float32)

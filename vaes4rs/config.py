@@ -18,6 +18,11 @@ LATENT_POLICIES = ("sample", "mode")
 GT_DTYPES = ("model", "float32")
 VALUE_RANGES = ("minus_one_one", "zero_one")
 QUANTIZE_RULES = ("none", "round", "truncate")
+SSIM_BORDERS = ("reflect", "valid")  # torchmetrics >= 1.5 (reflect-padded) | Wang et al. / skimage
+FID_RESIZES = ("antialias", "tf1")  # torchmetrics >= 1.8 default | torch-fidelity's TF1-compatible (classic FID)
+FID_QUANTIZE_RULES = ("round", "truncate")
+# Network files the metrics read; metric.weights.<key>=<file> overrides the default location.
+METRIC_WEIGHT_KEYS = ("alexnet", "lpips_alex", "inception", "vgg16", "lpips_vgg", "dists")
 DATASET_SOURCES = ("hub", "folder")
 MODEL_LOADERS = ("diffusers", "tiny")
 
@@ -61,17 +66,31 @@ class DatasetConfig:
 
 @dataclass
 class MetricConfig:
-    """A protocol: which definitions, on which range, with which latent policy."""
+    """A protocol: which definitions, on which range, with which latent policy (see conf/metric/)."""
 
     protocol: str = "paper"
     latent: str = "sample"
     seed: int = 42
     gt_dtype: str = "model"  # ground truth cast to the model dtype before scoring (the study)
-    value_range: str = "minus_one_one"
-    quantize: str = "none"  # how reconstructions become pixels before pixel metrics
-    pool_size: int = 64  # PSNR pooled over groups of this many images; 1 = per-image mean
+    value_range: str = "minus_one_one"  # PSNR and SSIM; LPIPS always feeds its network [-1, 1]
+    quantize: str = "none"  # how reconstructions become pixels before every metric
+    ssim_border: str = "reflect"  # SSIM averaged over every pixel (reflect-padded) or valid windows only
+    pool_size: int = 64  # per-image metrics averaged per group of this many images; 1 = per-image mean
+    bootstrap: int = 0  # resamples for a 95% CI of each per-image mean; 0 = none (needs pool_size=1)
+    bootstrap_seed: int = 0
     psnr: bool = True
     ssim: bool = True
+    lpips: bool = True  # LPIPS-AlexNet with the official v0.1 linear heads
+    lpips_vgg: bool = False  # piq's LPIPS-VGG16
+    ms_ssim: bool = False  # piq, on [0, 1]; images must be at least 161x161
+    dists: bool = False  # piq, on [0, 1]
+    fid: bool = True  # originals vs reconstructions, InceptionV3 pool features (2048-d)
+    kid: bool = False  # torch-fidelity's KID; only for sets under 2,048 images
+    fid_resize: str = "antialias"  # how Inception's input reaches 299x299
+    fid_quantize: str = "truncate"  # how [-1, 1] images become Inception's uint8 input
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000  # capped at the number of images
+    weights: dict[str, str | None] = field(default_factory=lambda: dict.fromkeys(METRIC_WEIGHT_KEYS))
 
 
 @dataclass
@@ -106,6 +125,25 @@ def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{key}={value!r} is not valid; choose one of {', '.join(choices)}")
 
 
+def _check_metric(metric: MetricConfig) -> None:
+    """The metric group's choices and bounds (kept apart so validate() stays a flat list)."""
+    _check_choice("metric.ssim_border", metric.ssim_border, SSIM_BORDERS)
+    _check_choice("metric.fid_resize", metric.fid_resize, FID_RESIZES)
+    _check_choice("metric.fid_quantize", metric.fid_quantize, FID_QUANTIZE_RULES)
+    unknown = sorted(set(metric.weights) - set(METRIC_WEIGHT_KEYS))
+    if unknown:
+        raise ValueError(f"metric.weights: unknown key(s) {unknown}; valid: {', '.join(METRIC_WEIGHT_KEYS)}")
+    if metric.bootstrap < 0:
+        raise ValueError(f"metric.bootstrap must be >= 0, got {metric.bootstrap}")
+    if metric.bootstrap and metric.pool_size != 1:
+        raise ValueError(
+            "metric.bootstrap gives a CI of the per-image mean, so it needs metric.pool_size=1 "
+            f"(got {metric.pool_size}); set metric.bootstrap=0 to keep group pooling"
+        )
+    if metric.kid_subsets < 1 or metric.kid_subset_size < 2:
+        raise ValueError("metric.kid_subsets must be >= 1 and metric.kid_subset_size >= 2")
+
+
 def validate(cfg: DictConfig) -> RunConfig:
     """Merge the composed config into the schema and check every enumerated choice."""
     merged = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
@@ -119,6 +157,7 @@ def validate(cfg: DictConfig) -> RunConfig:
     _check_choice("metric.gt_dtype", metric.gt_dtype, GT_DTYPES)
     _check_choice("metric.value_range", metric.value_range, VALUE_RANGES)
     _check_choice("metric.quantize", metric.quantize, QUANTIZE_RULES)
+    _check_metric(metric)
     _check_choice("logger.backend", run_cfg.logger.backend, ("none", "wandb"))
     if model.loader == "diffusers" and not (model.path or model.repo):
         raise ValueError(f"model '{model.name}': set model.path=<dir> or model.repo=<hub id>")
@@ -143,6 +182,15 @@ def folder_name(path: str | None, subfolder: str | None = None) -> str:
     return folder.resolve().name
 
 
-def register_resolvers() -> None:
-    """``${vaes4rs.folder_name:${model.path},${model.subfolder}}`` labels local models and folders by name."""
+def register_configs() -> None:
+    """Make the schema and resolvers known to Hydra before it composes ``conf/``.
+
+    ``base_config`` (first in conf/config.yaml's defaults) types every group, so
+    ``dataset.num_workers=0`` works although no YAML names it and a typo fails at once;
+    ``${vaes4rs.folder_name:${model.path},${model.subfolder}}`` labels local models and
+    folders by name.
+    """
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="base_config", node=RunConfig)
     OmegaConf.register_new_resolver("vaes4rs.folder_name", folder_name, replace=True)

@@ -21,6 +21,7 @@ from vaes4rs.data import prepare
 from vaes4rs.metrics.suite import MetricSuite
 from vaes4rs.models.adapter import VAEAdapter
 from vaes4rs.models.zoo import load_vae, resolve_dtype
+from vaes4rs.profile import model_summary, profile_module
 from vaes4rs.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -40,15 +41,19 @@ def to_minus_one_one(images: torch.Tensor) -> torch.Tensor:
 
 
 def model_stats(module: torch.nn.Module, adapter: VAEAdapter) -> dict[str, Any]:
-    params = sum(p.numel() for p in module.parameters())
-    shapes = {f"{h}x{w}": list(shape) for (h, w), shape in sorted(adapter.latent_shapes.items())}
-    stats: dict[str, Any] = {
-        "class": type(module).__name__,
-        "params": params,
+    """Cost and shape facts of the model, at the study's 256x256 and at every size evaluated."""
+    sizes = sorted({(256, 256), *adapter.latent_shapes})
+    profiles = {f"{h}x{w}": profile_module(module, h, w) for h, w in sizes}
+    reference = profiles["256x256"]
+    return {
+        **model_summary(module),
         "spatial_multiple": adapter.multiple,
-        "latent_shape": shapes,
+        "spatial_ratio": reference.spatial_ratio,
+        "latent_channels": reference.latent_shape[0],
+        "latent_shape": {size: list(p.latent_shape) for size, p in profiles.items()},
+        "gflops": {size: round(p.gflops, 4) for size, p in profiles.items()},
+        "compression_ratio": {size: round(p.compression_ratio, 4) for size, p in profiles.items()},
     }
-    return stats
 
 
 def evaluate(cfg: RunConfig, out_dir: Path, tracker: Tracker) -> dict[str, Any]:

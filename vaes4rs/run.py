@@ -21,14 +21,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from vaes4rs import results
-from vaes4rs.config import register_resolvers, validate
+from vaes4rs.config import register_configs, validate
 from vaes4rs.evaluate import evaluate
 from vaes4rs.tracking import make_tracker
 
 log = logging.getLogger("vaes4rs")
 ERROR_FILE = "error.json"
 
-register_resolvers()
+register_configs()
 
 
 def run_job(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
@@ -54,6 +54,7 @@ def run_job(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         results.write_json(out_dir / results.RESULT_FILE, payload)
         tracker.log_summary({**payload["metrics"], "n_images": payload["n_images"]})
         tracker.log_image("samples", out_dir / results.SAMPLES_FILE, "originals (top), reconstructions")
+        tracker.log_csv_table("per_class", out_dir / results.PER_CLASS_FILE)
         failed = False
     finally:
         tracker.finish(failed)

@@ -27,6 +27,9 @@ class Tracker:
     def log_image(self, key: str, path: Path, caption: str) -> None:
         pass
 
+    def log_csv_table(self, key: str, path: Path) -> None:
+        pass
+
     def finish(self, failed: bool) -> None:
         pass
 
@@ -62,6 +65,18 @@ class WandbTracker(Tracker):
             import wandb
 
             self.run.log({key: wandb.Image(str(path), caption=caption)})
+
+    def log_csv_table(self, key, path):
+        """A CSV result file (per-class means) as a wandb.Table, sortable in the UI."""
+        if self.run is not None and path.is_file():
+            import csv
+
+            import wandb
+
+            with path.open(newline="") as handle:
+                header, *rows = list(csv.reader(handle))
+            typed = [[row[0], *(float(value) for value in row[1:])] for row in rows]
+            self.run.log({key: wandb.Table(columns=header, data=typed)})
 
     def finish(self, failed):
         if self.run is not None:

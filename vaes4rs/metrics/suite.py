@@ -1,13 +1,30 @@
 """A protocol's metric suite: per-image columns per batch, dataset-level numbers at the end.
 
-The evaluation loop only calls ``prepare``, ``update`` and ``finalize``; each metric is a
-small class registered in ``METRICS`` so new ones (LPIPS, FID, ...) slot in without
-touching the loop. A metric keeps no images: per-image values go to the results table,
-set-level metrics keep small running statistics.
+The evaluation loop calls ``update(recon, original)`` per batch, ``finalize(table)`` once
+with the per-image table in dataset order, and stores ``protocol()`` under "protocol" in
+metrics.json. Each metric is a small class in ``METRICS`` so new ones slot in without
+touching the loop; a protocol (conf/metric/*.yaml) only switches them on and picks among
+definitions. No metric keeps images: per-image values go to the results table, FID keeps
+running float64 feature sums, KID keeps features only for sets under 2,048 images.
+
+What ``finalize`` returns, i.e. ``metrics`` in metrics.json, is a flat dict of numbers:
+
+- ``psnr``, ``ssim``, ``lpips``, ``lpips_vgg``, ``ms_ssim``, ``dists``: the protocol's mean of
+  the per-image column (mean of per-group means for ``pool_size`` > 1; PSNR pools each
+  group's MSE first, as the study did);
+- ``<name>_ci95_lo`` and ``<name>_ci95_hi`` next to each of those when ``bootstrap`` > 0:
+  the percentile-bootstrap 95% interval of the per-image mean (parallel keys rather than a
+  nested object, so every value stays a number that tables and trackers can read);
+- ``fid`` with ``fid_n`` (images per set: originals and reconstructions count the same);
+- ``kid`` and ``kid_std`` (mean and spread over torch-fidelity's random subsets).
+
+A metric switched off (``metric.fid=false``) or not computable (KID on 2,048 images or
+more, FID on one image) is absent, never zero; ``protocol()["not_computed"]`` says why.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 from typing import Any
 
@@ -15,7 +32,9 @@ import numpy as np
 import torch
 
 from vaes4rs.config import MetricConfig
-from vaes4rs.metrics import pixel
+from vaes4rs.metrics import fid, perceptual, pixel, stats
+
+log = logging.getLogger(__name__)
 
 
 class Metric:
@@ -23,10 +42,16 @@ class Metric:
 
     name: str = ""
     columns: tuple[str, ...] = ()
+    definition: str = ""  # recorded in metrics.json so a number says how it was made
 
     def __init__(self, cfg: MetricConfig, device: torch.device) -> None:
         self.cfg = cfg
         self.device = device
+        self.not_computed: dict[str, str] = {}  # metric key -> why it is absent from the results
+
+    @classmethod
+    def enabled(cls, cfg: MetricConfig) -> bool:
+        return bool(getattr(cfg, cls.name))
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """Score a batch; pred/target are [-1, 1] float tensors after the protocol's casts."""
@@ -37,9 +62,24 @@ class Metric:
         raise NotImplementedError
 
 
-class PSNR(Metric):
+class PerImageMetric(Metric):
+    """A per-image column, reported as the protocol's mean of it (with a CI when asked)."""
+
+    def finalize(self, table):
+        return self.summary(stats.group_mean(table[self.name], self.cfg.pool_size), table[self.name])
+
+    def summary(self, value: float, per_image: np.ndarray) -> dict[str, float]:
+        out = {self.name: value}
+        if self.cfg.bootstrap:
+            low, high = stats.bootstrap_ci(per_image, self.cfg.bootstrap, self.cfg.bootstrap_seed)
+            out[f"{self.name}_ci95_lo"], out[f"{self.name}_ci95_hi"] = low, high
+        return out
+
+
+class PSNR(PerImageMetric):
     name = "psnr"
     columns = ("mse", "psnr")
+    definition = "10 log10(range^2 / MSE), float64; pool_size > 1 pools each group's MSE"
 
     def update(self, pred, target):
         data_range = pixel.DATA_RANGE[self.cfg.value_range]
@@ -51,33 +91,131 @@ class PSNR(Metric):
     def finalize(self, table):
         n_values = 3 * table["height"].astype(np.float64) * table["width"]
         data_range = pixel.DATA_RANGE[self.cfg.value_range]
-        return {"psnr": pixel.pooled_psnr(table["mse"], n_values, self.cfg.pool_size, data_range)}
+        pooled = pixel.pooled_psnr(table["mse"], n_values, self.cfg.pool_size, data_range)
+        return self.summary(pooled, table["psnr"])
 
 
-class SSIM(Metric):
+class SSIM(PerImageMetric):
     name = "ssim"
     columns = ("ssim",)
+    definition = "Gaussian window 11, sigma 1.5, k1 0.01, k2 0.03, no downsampling; borders: ssim_border"
 
     def update(self, pred, target):
         data_range = pixel.DATA_RANGE[self.cfg.value_range]
         pred = pixel.to_value_range(pred, self.cfg.value_range)
         target = pixel.to_value_range(target, self.cfg.value_range)
-        return {"ssim": pixel.ssim_per_image(pred, target, data_range)}
+        return {"ssim": pixel.ssim_per_image(pred, target, data_range, self.cfg.ssim_border)}
+
+
+class LPIPS(PerImageMetric):
+    name = "lpips"
+    columns = ("lpips",)
+    definition = "LPIPS v0.1, AlexNet backbone and official linear heads, network input [-1, 1]"
+
+    def __init__(self, cfg: MetricConfig, device: torch.device) -> None:
+        super().__init__(cfg, device)
+        self.net = perceptual.load_lpips_alex(cfg.weights, device)
+
+    def update(self, pred, target):
+        return {"lpips": self.net(pred.float(), target.float())}
+
+
+class LPIPSVGG(PerImageMetric):
+    name = "lpips_vgg"
+    columns = ("lpips_vgg",)
+    definition = "piq LPIPS, VGG16 backbone, input [0, 1] (ImageNet-normalised inside)"
+
+    def __init__(self, cfg: MetricConfig, device: torch.device) -> None:
+        super().__init__(cfg, device)
+        self.net = perceptual.load_lpips_vgg(cfg.weights, device)
+
+    def update(self, pred, target):
+        return {"lpips_vgg": self.net((pred.float() + 1) / 2, (target.float() + 1) / 2)}
+
+
+class MSSSIM(PerImageMetric):
+    name = "ms_ssim"
+    columns = ("ms_ssim",)
+    definition = "piq MS-SSIM on [0, 1], range 1, Gaussian 11 / 1.5, five scales"
+
+    def update(self, pred, target):
+        return {"ms_ssim": perceptual.ms_ssim_per_image((pred + 1) / 2, (target + 1) / 2)}
+
+
+class DISTS(PerImageMetric):
+    name = "dists"
+    columns = ("dists",)
+    definition = "piq DISTS, VGG16 with L2 pooling, input [0, 1], sides over 256 px resized to 256"
+
+    def __init__(self, cfg: MetricConfig, device: torch.device) -> None:
+        super().__init__(cfg, device)
+        self.net = perceptual.load_dists(cfg.weights, device)
+
+    def update(self, pred, target):
+        return {"dists": self.net((pred.float() + 1) / 2, (target.float() + 1) / 2)}
+
+
+class InceptionDistances(Metric):
+    """FID (running statistics) and KID (kept features, small sets only) of originals vs reconstructions."""
+
+    name = "fid"
+    definition = "InceptionV3 2048-d pool features (torch-fidelity weights), float64 statistics"
+
+    @classmethod
+    def enabled(cls, cfg: MetricConfig) -> bool:
+        return cfg.fid or cfg.kid
+
+    def __init__(self, cfg: MetricConfig, device: torch.device) -> None:
+        super().__init__(cfg, device)
+        self.net = fid.load_inception(cfg.weights, cfg.fid_resize, device)
+        self.real = fid.FeatureStats(fid.FEATURE_DIM, device)
+        self.fake = fid.FeatureStats(fid.FEATURE_DIM, device)
+        self.kept: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if cfg.kid else None
+
+    def update(self, pred, target):
+        real = self.net(pixel.to_uint8(target, self.cfg.fid_quantize))
+        fake = self.net(pixel.to_uint8(pred, self.cfg.fid_quantize))
+        self.real.update(real)
+        self.fake.update(fake)
+        if self.kept is not None:
+            if self.real.count < fid.KID_MAX_IMAGES:
+                self.kept.append((real.cpu(), fake.cpu()))
+            else:
+                self.kept = None
+                self.not_computed["kid"] = (
+                    f"{fid.KID_MAX_IMAGES} images or more: KID needs every feature, kept only below that"
+                )
+        return {}
 
     def finalize(self, table):
-        return {"ssim": pixel.group_mean(table["ssim"], self.cfg.pool_size)}
+        out: dict[str, float] = {}
+        if self.real.count < 2:
+            for key in ("fid", "kid"):
+                if getattr(self.cfg, key):
+                    self.not_computed[key] = f"needs at least 2 images, got {self.real.count}"
+            return out
+        if self.cfg.fid:
+            out["fid"] = fid.frechet_distance(*self.real.mean_cov(), *self.fake.mean_cov())
+            out["fid_n"] = self.real.count
+        if self.kept is not None:
+            real, fake = (torch.cat(parts) for parts in zip(*self.kept))
+            out["kid"], out["kid_std"] = fid.kid(real, fake, self.cfg.kid_subsets, self.cfg.kid_subset_size)
+        return out
 
 
-METRICS: dict[str, type[Metric]] = {cls.name: cls for cls in (PSNR, SSIM)}
+METRICS: tuple[type[Metric], ...] = (PSNR, SSIM, LPIPS, LPIPSVGG, MSSSIM, DISTS, InceptionDistances)
 
 
 class MetricSuite:
-    """The metrics a protocol switches on, with its casts (ground-truth dtype, quantisation)."""
+    """The metrics a protocol switches on, with its casts (ground-truth dtype, quantisation).
+
+    Networks are loaded once, here, and live as long as the suite (one job).
+    """
 
     def __init__(self, cfg: MetricConfig, device: torch.device, model_dtype: torch.dtype) -> None:
         self.cfg = cfg
         self.model_dtype = model_dtype
-        self.metrics = [cls(cfg, device) for name, cls in METRICS.items() if getattr(cfg, name)]
+        self.metrics = [cls(cfg, device) for cls in METRICS if cls.enabled(cfg)]
 
     @property
     def columns(self) -> list[str]:
@@ -91,6 +229,7 @@ class MetricSuite:
             target = target.to(self.model_dtype).float()
         return pred, target
 
+    @torch.no_grad()
     def update(self, recon: torch.Tensor, original: torch.Tensor) -> dict[str, np.ndarray]:
         pred, target = self.prepare(recon, original)
         columns: dict[str, np.ndarray] = {}
@@ -103,8 +242,18 @@ class MetricSuite:
         values: dict[str, float] = {}
         for metric in self.metrics:
             values.update(metric.finalize(table))
+        for key, reason in self.not_computed().items():
+            log.warning("%s not computed: %s", key, reason)
         return values
 
+    def not_computed(self) -> dict[str, str]:
+        return {key: reason for metric in self.metrics for key, reason in metric.not_computed.items()}
+
     def protocol(self) -> dict[str, Any]:
-        """Every parameter of the protocol, recorded with each result."""
-        return {"name": self.cfg.protocol, **{k: v for k, v in asdict(self.cfg).items() if k != "protocol"}}
+        """Every parameter of the protocol, the definitions in use, and what could not be computed."""
+        return {
+            "name": self.cfg.protocol,
+            **{k: v for k, v in asdict(self.cfg).items() if k != "protocol"},
+            "definitions": {metric.name: metric.definition for metric in self.metrics},
+            "not_computed": self.not_computed(),
+        }

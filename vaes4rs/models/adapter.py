@@ -49,6 +49,12 @@ def spatial_multiple(module: nn.Module) -> int:
     return int(module.spatial_multiple)
 
 
+def latent_shape_of(z: torch.Tensor) -> tuple[int, ...]:
+    """Per-image latent shape (C, h, w); a 5-D latent (Qwen) has a frame axis of 1 that stores nothing."""
+    shape = tuple(z.shape[1:])
+    return (shape[0], *shape[2:]) if z.dim() == 5 else shape
+
+
 class VAEAdapter:
     """Runs encode+decode of any supported VAE on a batch of [-1, 1] images."""
 
@@ -113,8 +119,7 @@ class VAEAdapter:
         """[-1, 1] images (B, 3, H, W) -> reconstructions clamped to [-1, 1], float32."""
         padded, (height, width) = self.pad(x.to(self.device, self.dtype))
         z = self.encode(padded)
-        shape = tuple(z.shape[1:])
-        self.latent_shapes[(height, width)] = (shape[0], *shape[2:]) if self.family == "qwen" else shape
+        self.latent_shapes[(height, width)] = latent_shape_of(z)
         out = self.decode(z)[..., :height, :width]
         if not torch.isfinite(out).all() and self.upcast_on_overflow:
             out = self._reconstruct_float32(padded)[..., :height, :width]

@@ -27,7 +27,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-from urllib.error import URLError
 
 import torch
 from torch import Tensor, nn
@@ -251,7 +250,7 @@ def _load_from_hub(file_name: str, url: str, variant: str) -> dict[str, Tensor]:
         state = torch.hub.load_state_dict_from_url(
             url, map_location="cpu", weights_only=True, file_name=file_name
         )
-    except URLError as err:
+    except OSError as err:  # URLError (offline, HTTP error) is an OSError, as are timeouts
         raise RuntimeError(
             f"could not download {file_name} from {url} ({err}) and it is not cached at "
             f"{cached}; download it and pass model.path=<dir containing it>, or place it "

@@ -63,7 +63,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return getattr(torch, name)
 
 
-def _read_model_config(cfg: ModelConfig) -> dict[str, Any]:
+def read_model_config(cfg: ModelConfig) -> dict[str, Any]:
     """config.json of the model to load, from its folder or the hub (cached like the weights)."""
     if cfg.path:
         folder = Path(cfg.path).expanduser()
@@ -106,7 +106,7 @@ def load_vae(cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> nn.M
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
     try:
-        class_name = _read_model_config(cfg).get("_class_name", "")
+        class_name = read_model_config(cfg).get("_class_name", "")
         cls = diffusers_class(class_name)
         source = str(Path(cfg.path).expanduser()) if cfg.path else cfg.repo
         model = cls.from_pretrained(

@@ -21,8 +21,8 @@ import yaml
 
 RESULT_FILE = "metrics.json"  # vaes4rs.results.RESULT_FILE
 ERROR_FILE = "error.json"  # vaes4rs.run.ERROR_FILE
-PER_CLASS_FILE = "per_class.csv"
-SAMPLES_DIR = "samples"
+PER_CLASS_FILE = "per_class.csv"  # vaes4rs.results.PER_CLASS_FILE
+SAMPLES_DIR = "samples"  # vaes4rs.results.SAMPLES_DIR
 HYDRA_CONFIG = Path(".hydra") / "config.yaml"
 
 
@@ -180,7 +180,9 @@ def select(root: Path, protocol: str | None = None) -> Selection:
     results, failures = find_jobs(root)
     if not results:
         hint = f" ({len(failures)} failed job(s) with {ERROR_FILE})" if failures else ""
-        raise ReportError(f"no {RESULT_FILE} found under {root}{hint}; pass the results folder with --results")
+        raise ReportError(
+            f"no {RESULT_FILE} found under {root}{hint}; pass the results folder with --results"
+        )
     counts = Counter(result.protocol for result in results)
     if protocol is None:
         if len(counts) > 1:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,10 +67,24 @@ DATASET_LABELS = {"resisc45": "RESISC45", "aid": "AID", "ucmerced": "UC Merced"}
 TABLE_FILES = ("paper_table.md", "paper_table.tex", "paper_table.csv")
 
 
-def _ordered(names: set[str], order: dict[str, str]) -> list[str]:
+def _canonical(name: str, labels: dict[str, str]) -> str:
+    """A study name for a label-style name too: a local run of BiliSakura/VAEs' SD21-VAE is sd21."""
+    aliases = {label.lower(): key for key, label in labels.items()}
+    return name if name in labels else aliases.get(name.lower(), name)
+
+
+def canonical_model(name: str) -> str:
+    return _canonical(name, MODEL_LABELS)
+
+
+def canonical_dataset(name: str) -> str:
+    return _canonical(name, DATASET_LABELS)
+
+
+def _ordered(names: set[str], labels: dict[str, str]) -> list[str]:
     """Names in the study's order, unknown ones after them alphabetically."""
-    known = [name for name in order if name in names]
-    return known + sorted(names - set(order))
+    rank = {key: i for i, key in enumerate(labels)}
+    return sorted(names, key=lambda name: (rank.get(_canonical(name, labels), len(rank)), name))
 
 
 def order_models(names: set[str]) -> list[str]:
@@ -81,11 +96,11 @@ def order_datasets(names: set[str]) -> list[str]:
 
 
 def model_label(name: str) -> str:
-    return MODEL_LABELS.get(name, name)
+    return MODEL_LABELS.get(canonical_model(name), name)
 
 
 def dataset_label(name: str) -> str:
-    return DATASET_LABELS.get(name, name)
+    return DATASET_LABELS.get(canonical_dataset(name), name)
 
 
 def _number(value: Any) -> float | None:
@@ -157,6 +172,10 @@ class Cell:
         return f"{self.value:{'+' if self.signed else ''}.{self.decimals}f}"
 
 
+def _minus(ours: float | None, theirs: float | None) -> float | None:
+    return None if ours is None or theirs is None else ours - theirs
+
+
 @dataclass
 class PaperTable:
     """Everything the renderers print, computed once from a Selection."""
@@ -191,27 +210,32 @@ class PaperTable:
         ]
 
     def published_stat(self, model: str, key: str) -> float | None:
-        return self.published.stats.get(model, {}).get(key) if self.published else None
+        if self.published is None:
+            return None
+        return self.published.stats.get(canonical_model(model), {}).get(key)
 
     def published_metric(self, model: str, dataset: str, key: str) -> float | None:
-        return self.published.metrics.get((model, dataset), {}).get(key) if self.published else None
+        if self.published is None:
+            return None
+        return self.published.metrics.get((canonical_model(model), canonical_dataset(dataset)), {}).get(key)
 
     def diff_rows(self) -> list[tuple[str, list[Cell]]]:
         """This table minus the published one, cell by cell (N/A where either is missing)."""
-
-        def minus(ours: float | None, theirs: float | None) -> float | None:
-            return None if ours is None or theirs is None else ours - theirs
-
         return [
             (
                 model,
                 [
-                    Cell(minus(self.stats[model][s.key], self.published_stat(model, s.key)), s.decimals, "", True)
+                    Cell(
+                        _minus(self.stats[model][s.key], self.published_stat(model, s.key)),
+                        s.decimals,
+                        "",
+                        True,
+                    )
                     for s in STAT_COLUMNS
                 ]
                 + [
                     Cell(
-                        minus(self.values[model, d, c.key], self.published_metric(model, d, c.key)),
+                        _minus(self.values[model, d, c.key], self.published_metric(model, d, c.key)),
                         c.decimals,
                         "",
                         True,
@@ -240,11 +264,12 @@ def _marks(values: dict[str, float | None], column: MetricColumn) -> dict[str, s
 
 
 def _protocol_text(selection: Selection) -> str:
-    """The protocol's parameters (metric on/off switches left out); differing values are listed."""
+    """The protocol's scalar parameters; metric switches, weight paths and other nested values are
+    left out (the table's columns show which metrics ran); differing values are all listed."""
     seen: dict[str, set[str]] = {}
     for result in selection.results.values():
         for key, value in result.protocol_params.items():
-            if not isinstance(value, bool):
+            if isinstance(value, (str, int, float)) and not isinstance(value, bool):
                 seen.setdefault(key, set()).add(str(value))
     params = ", ".join(f"{key}={'/'.join(sorted(values))}" for key, values in seen.items())
     return f'Protocol "{selection.protocol}"' + (f" ({params})" if params else "")
@@ -311,6 +336,11 @@ def build_table(selection: Selection, published: Published | None = None) -> Pap
         for d in datasets
         if (m, d) not in selection.results and (m, d) not in selection.failures
     ]
+    absent = [
+        c.label for c in METRIC_COLUMNS if all(values[m, d, c.key] is None for m in models for d in datasets)
+    ]
+    if absent:
+        footnote.append(f"N/A: {', '.join(absent)} not computed by this protocol's jobs.")
     if failed:
         names = ", ".join(f"{model_label(f.model)} on {dataset_label(f.dataset)}" for f in failed)
         footnote.append(f"N/A: job failed ({names}).")
@@ -318,15 +348,16 @@ def build_table(selection: Selection, published: Published | None = None) -> Pap
         footnote.append(f"N/A: no job ({', '.join(missing)}).")
     if published is not None:
         footnote.append(
-            f'Difference table: this table minus the study\'s published numbers ({published.path.name}, '
+            f"Difference table: this table minus the study's published numbers ({published.path.name}, "
             'protocol "paper").'
         )
         if selection.protocol != "paper":
             footnote.append(
                 f'This table uses protocol "{selection.protocol}", so differences include protocol effects.'
             )
+        shown = {(canonical_model(m), canonical_dataset(d)) for m, d in selection.results}
         for (model, dataset), note in sorted(published.notes.items()):
-            if model in models and dataset in datasets:
+            if (model, dataset) in shown:
                 footnote.append(f"Published {model_label(model)} on {dataset_label(dataset)}: {note}.")
     return PaperTable(
         protocol=selection.protocol,
@@ -392,7 +423,9 @@ _TEX_SPECIAL = {
 
 
 def tex_escape(text: str) -> str:
-    return "".join(_TEX_SPECIAL.get(char, char) for char in text)
+    """Text for LaTeX: special characters escaped, "quoted" as ``quoted'' (straight quotes print as ”)."""
+    escaped = "".join(_TEX_SPECIAL.get(char, char) for char in text)
+    return re.sub(r'"([^"]*)"', r"``\1''", escaped)
 
 
 def _latex_tabular(table: PaperTable, rows: list[tuple[str, list[Cell]]]) -> list[str]:
@@ -416,7 +449,13 @@ def _latex_tabular(table: PaperTable, rows: list[tuple[str, list[Cell]]]) -> lis
         r"\midrule",
     ]
     for model, cells in rows:
-        texts = [wrap[cell.mark].format(cell.text) for cell in cells]
+        # a signed difference gets math-mode signs: a text hyphen is not a minus
+        texts = [
+            wrap[cell.mark].format(
+                f"${cell.text[0]}${cell.text[1:]}" if cell.signed and cell.value is not None else cell.text
+            )
+            for cell in cells
+        ]
         lines.append(" & ".join([tex_escape(model_label(model)), *texts]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return lines
@@ -425,7 +464,7 @@ def _latex_tabular(table: PaperTable, rows: list[tuple[str, list[Cell]]]) -> lis
 def to_latex(table: PaperTable) -> str:
     """A complete ``table*`` (booktabs) with the footnote as caption: ``\\input`` it as it is."""
     lines = [
-        f'% VAE reconstruction, protocol "{table.protocol}"; written by python -m vaes4rs.report table.',
+        f"% VAE reconstruction, protocol {table.protocol}; written by python -m vaes4rs.report table.",
         r"% Needs \usepackage{booktabs} in the preamble.",
         r"\begin{table*}[t]",
         r"\centering",
@@ -464,14 +503,12 @@ def to_csv(table: PaperTable) -> str:
         if table.published is not None:
             for s in STAT_COLUMNS:
                 theirs = table.published_stat(model, s.key)
-                ours = table.stats[model][s.key]
                 row[f"{s.key}_published"] = theirs
-                row[f"{s.key}_diff"] = None if ours is None or theirs is None else ours - theirs
+                row[f"{s.key}_diff"] = _minus(table.stats[model][s.key], theirs)
             for c, d in table.columns:
                 theirs = table.published_metric(model, d, c.key)
-                ours = table.values[model, d, c.key]
                 row[f"{d}_{c.key}_published"] = theirs
-                row[f"{d}_{c.key}_diff"] = None if ours is None or theirs is None else ours - theirs
+                row[f"{d}_{c.key}_diff"] = _minus(table.values[model, d, c.key], theirs)
         rows.append(row)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")

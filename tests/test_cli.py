@@ -1,0 +1,185 @@
+"""The real CLI (`python -m vaes4rs.run`) in subprocesses, and config composition."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import MissingConfigException
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+from tests.conftest import CONF_DIR, REPO_ROOT, write_rgb
+from vaes4rs.config import register_configs, validate
+from vaes4rs.data import read_image
+from vaes4rs.results import read_per_image
+
+register_configs()
+
+
+def run_cli(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", **env}
+    return subprocess.run(
+        [sys.executable, "-m", "vaes4rs.run", *args],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def compose_config(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def test_study_models_compose_with_hub_and_upstream_sources() -> None:
+    cfg = validate(compose_config(["model=qwen", "dataset=aid"]))
+    assert (cfg.model.repo, cfg.model.subfolder) == ("BiliSakura/VAEs", "Qwen-VAE")
+    assert (cfg.model.upstream_repo, cfg.model.upstream_subfolder) == ("Qwen/Qwen-Image", "vae")
+    assert (cfg.dataset.repo, cfg.dataset.subdir, cfg.metric.protocol) == ("blanchon/AID", "data", "paper")
+    switched = validate(
+        compose_config(["model=sd21", "model.repo=stabilityai/stable-diffusion-2-1", "model.subfolder=vae"])
+    )
+    assert (switched.model.name, switched.model.repo, switched.model.subfolder) == (
+        "sd21",
+        "stabilityai/stable-diffusion-2-1",
+        "vae",
+    )
+
+
+def test_local_names_come_from_folders(tmp_path: Path) -> None:
+    cfg = validate(
+        compose_config(
+            [
+                "model=local",
+                f"model.path={tmp_path}/VAEs",
+                "model.subfolder=FLUX2-VAE",
+                "dataset=folder",
+                f"dataset.root={tmp_path}/my_scenes",
+            ]
+        )
+    )
+    assert (cfg.model.name, cfg.dataset.name) == ("FLUX2-VAE", "my_scenes")
+
+
+def test_unknown_names_and_bad_values_are_clear_errors() -> None:
+    with pytest.raises(MissingConfigException, match=r"(?s)model/sd99.*sd21.*sdxl"):
+        compose_config(["model=sd99"])
+    with pytest.raises(ValueError, match=r"metric.latent='median' is not valid; choose one of sample, mode"):
+        validate(compose_config(["metric.latent=median"]))
+    with pytest.raises(Exception, match=r"Could not override 'model.bogus'"):
+        compose_config(["model.bogus=1"])
+    with pytest.raises(Exception, match=r"(?s)run.batch_size.*abc"):
+        compose_config(["run.batch_size=abc"])
+
+
+def study_reference(model_dir: Path, files: list[Path], group: int) -> tuple[float, float]:
+    """The study's PSNR/SSIM, computed independently: diffusers + torchmetrics, batch by batch."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(model_dir).eval()
+    generator = torch.Generator().manual_seed(42)
+    psnrs, ssims = [], []
+    for start in range(0, len(files), group):
+        pixels = [torch.from_numpy(read_image(f)).permute(2, 0, 1) for f in files[start : start + group]]
+        x = (torch.stack(pixels).float() / 255 - 0.5) / 0.5
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.sample(generator=generator)
+            recon = vae.decode(z).sample.clamp(-1, 1)
+        psnrs.append(PeakSignalNoiseRatio(data_range=2.0)(recon, x).item())
+        ssims.append(StructuralSimilarityIndexMeasure(data_range=2.0)(recon, x).item())
+    return float(np.mean(psnrs)), float(np.mean(ssims))
+
+
+def test_single_run_writes_results_equal_to_the_study_definitions(tiny_models: Path, tmp_path: Path) -> None:
+    root = tmp_path / "mini"
+    for i in range(6):
+        write_rgb(root / ("alpha" if i < 4 else "beta") / f"img_{i}.png", 64, 64, seed=i)
+    out = tmp_path / "run"
+    result = run_cli(
+        [
+            "model=local",
+            f"model.path={tiny_models}",
+            "model.subfolder=SD21-VAE",
+            "dataset=folder",
+            f"dataset.root={root}",
+            "logger=none",
+            "run.device=cpu",
+            "run.batch_size=4",
+            "metric.pool_size=4",
+            "run.n_samples=3",
+            f"hydra.run.dir={out}",
+        ],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    payload = json.loads((out / "metrics.json").read_text())
+    assert (payload["model"], payload["dataset"], payload["n_images"]) == ("SD21-VAE", "mini", 6)
+    assert payload["protocol"]["name"] == "paper" and payload["protocol"]["latent"] == "sample"
+    assert payload["config"]["model"]["subfolder"] == "SD21-VAE"
+    assert payload["model_stats"]["latent_shape"] == {"64x64": [4, 16, 16]}
+    files = sorted(root.glob("*/*.png"))
+    psnr, ssim = study_reference(tiny_models / "SD21-VAE", files, group=4)
+    assert payload["metrics"]["psnr"] == pytest.approx(psnr, abs=1e-4)
+    assert payload["metrics"]["ssim"] == pytest.approx(ssim, abs=1e-4)
+    table = read_per_image(out / "per_image.csv")
+    assert list(table["image_id"]) == [f"{f.parent.name}/{f.name}" for f in files]
+    assert {"psnr", "ssim", "mse", "class", "height", "width"} <= set(table)
+    per_class = (out / "per_class.csv").read_text().splitlines()
+    assert per_class[0].startswith("class,n_images") and per_class[1].startswith("alpha,4,")
+    assert (out / "samples.png").is_file() and (out / ".hydra" / "config.yaml").is_file()
+    assert len(list((out / "samples" / "reconstructions").glob("*.png"))) == 3
+
+
+def test_two_by_two_sweep_and_a_failing_job(tiny_models: Path, tmp_path: Path) -> None:
+    roots = []
+    for name, size in (("set_a", 48), ("set_b", 40)):
+        for i in range(3):
+            write_rgb(tmp_path / name / f"c{i % 2}" / f"{i}.png", size, size, seed=i)
+        roots.append(str(tmp_path / name))
+    broken = tmp_path / "set_broken"
+    (broken / "c0").mkdir(parents=True)
+    (broken / "c0" / "x.png").write_bytes(b"not a png")
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        [
+            "-m",
+            "model=local",
+            f"model.path={tiny_models}",
+            "model.subfolder=FLUX2-VAE,Qwen-VAE",
+            "dataset=folder",
+            f"dataset.root={roots[0]},{roots[1]},{broken}",
+            "logger=none",
+            "run.device=cpu",
+            "dataset.num_workers=0",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "2 job(s) of the sweep failed" in result.stderr
+    for model in ("FLUX2-VAE", "Qwen-VAE"):
+        for dataset in ("set_a", "set_b"):
+            payload = json.loads((sweep / f"{model}-{dataset}" / "metrics.json").read_text())
+            assert (payload["model"], payload["dataset"], payload["n_images"]) == (model, dataset, 3)
+            assert 0 < payload["metrics"]["psnr"] < 60
+        error = json.loads((sweep / f"{model}-set_broken" / "error.json").read_text())
+        assert "x.png" in error["error"] and "skip_corrupt" in error["error"]
+
+
+def test_cli_rejects_unknown_model_listing_choices(tmp_path: Path) -> None:
+    result = run_cli(["model=sd99", "logger=none"], cwd=tmp_path)
+    assert result.returncode != 0
+    assert "sd99" in result.stderr and "flux2" in result.stderr and "sana" in result.stderr
+
+
+def test_repo_conf_is_the_package_conf() -> None:
+    assert (REPO_ROOT / "conf" / "config.yaml").is_file()

@@ -1,0 +1,130 @@
+"""Where the metrics' network files come from: one table, one lookup, one error.
+
+Each file is read from an explicit path (``metric.weights.<key>=<file>``) or, by default,
+from the place its library would put it: the torch hub cache
+(``$TORCH_HOME/hub/checkpoints/<file name>``, the names torchvision, torch-fidelity and piq
+use, so a cache filled by any of them serves us too) or, for the LPIPS-AlexNet heads, the
+copy shipped inside the torchmetrics wheel. A missing cache file is downloaded once; when
+that fails (offline machines), the error names the file, its URL and both ways to supply it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from urllib.error import URLError
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """A network file: its library's file name, where to get it, what needs it."""
+
+    file_name: str
+    url: str
+    used_by: str
+    switches: tuple[str, ...]  # the metric.<name>=false switches that avoid needing it
+    sha256_prefix: str | None = None  # checked on download where the publisher states one
+
+
+WEIGHT_FILES: dict[str, WeightFile] = {
+    "alexnet": WeightFile(
+        "alexnet-owt-7be5be79.pth",
+        "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+        "LPIPS-AlexNet backbone (torchvision AlexNet_Weights.IMAGENET1K_V1)",
+        ("lpips",),
+        "7be5be79",
+    ),
+    "lpips_alex": WeightFile(
+        "alex.pth",
+        "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/alex.pth",
+        "LPIPS v0.1 AlexNet linear heads (shipped in the torchmetrics wheel)",
+        ("lpips",),
+    ),
+    "inception": WeightFile(
+        "weights-inception-2015-12-05-6726825d.pth",
+        "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
+        "FID/KID InceptionV3 (torch-fidelity, TF 2015-12-05 graph)",
+        ("fid", "kid"),
+    ),
+    "vgg16": WeightFile(
+        "vgg16-397923af.pth",
+        "https://download.pytorch.org/models/vgg16-397923af.pth",
+        "LPIPS-VGG and DISTS backbone (torchvision VGG16_Weights.IMAGENET1K_V1)",
+        ("lpips_vgg", "dists"),
+        "397923af",
+    ),
+    "lpips_vgg": WeightFile(
+        "lpips_weights.pt",
+        "https://github.com/photosynthesis-team/photosynthesis.metrics/releases/download/v0.4.0/lpips_weights.pt",
+        "piq LPIPS-VGG linear weights",
+        ("lpips_vgg",),
+    ),
+    "dists": WeightFile(
+        "dists_weights.pt",
+        "https://github.com/photosynthesis-team/piq/releases/download/v0.4.1/dists_weights.pt",
+        "piq DISTS alpha/beta weights",
+        ("dists",),
+    ),
+}
+
+
+class MissingWeightsError(FileNotFoundError):
+    """A network file is neither where the config points nor in the cache, and cannot be fetched."""
+
+
+def default_path(key: str) -> Path:
+    """Where the library that owns the file keeps it."""
+    spec = WEIGHT_FILES[key]
+    if key == "lpips_alex":
+        return Path(str(resources.files("torchmetrics.functional.image") / "lpips_models" / spec.file_name))
+    return Path(torch.hub.get_dir()) / "checkpoints" / spec.file_name
+
+
+def _how_to_supply(key: str, target: Path) -> str:
+    spec = WEIGHT_FILES[key]
+    return (
+        f"{spec.used_by} needs {spec.file_name}: download {spec.url} to {target} "
+        f"(the torch hub cache, $TORCH_HOME/hub/checkpoints) or set metric.weights.{key}=<file>; "
+        f"or switch it off with {' '.join(f'metric.{name}=false' for name in spec.switches)}"
+    )
+
+
+def weight_path(key: str, explicit: Mapping[str, str | None]) -> Path:
+    """The file for ``key``: the configured path, else the default one (downloaded on a miss)."""
+    given = explicit.get(key)
+    if given:
+        path = Path(given).expanduser()
+        if not path.is_file():
+            raise MissingWeightsError(
+                f"metric.weights.{key}={given}: no such file. {_how_to_supply(key, path)}"
+            )
+        return path
+    path = default_path(key)
+    if path.is_file():
+        return path
+    if key == "lpips_alex":
+        raise MissingWeightsError(
+            f"{path} is missing from the torchmetrics install. {_how_to_supply(key, path)}"
+        )
+    spec = WEIGHT_FILES[key]
+    log.info("downloading %s to %s", spec.url, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(spec.url, str(path), hash_prefix=spec.sha256_prefix)
+    except (URLError, OSError, RuntimeError) as err:
+        raise MissingWeightsError(
+            f"{path} not found and could not be downloaded ({err}). {_how_to_supply(key, path)}"
+        ) from err
+    return path
+
+
+def load_state(key: str, explicit: Mapping[str, str | None]) -> dict[str, torch.Tensor]:
+    """The state dict (or piq's tensor list/dict) stored in the file for ``key``, on the CPU."""
+    return torch.load(weight_path(key, explicit), map_location="cpu", weights_only=True)

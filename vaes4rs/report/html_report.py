@@ -1,0 +1,173 @@
+"""One self-contained HTML page of a results root, for readers without a W&B account.
+
+No script, no server, no network: the table is HTML, the charts and the figure are PNGs
+embedded as base64, so the single file can be mailed or opened from disk in any browser.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from datetime import datetime
+from html import escape
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from vaes4rs.report.collect import PER_CLASS_FILE, ReportError, Selection, read_per_class
+from vaes4rs.report.figure import figure_for
+from vaes4rs.report.table import (
+    METRIC_COLUMNS,
+    STAT_COLUMNS,
+    Cell,
+    PaperTable,
+    dataset_label,
+    model_label,
+    order_datasets,
+    order_models,
+)
+
+REPORT_FILE = "report.html"
+STYLE = """
+body { font-family: system-ui, sans-serif; color: #222; }
+main { margin: 2rem auto; max-width: 1400px; padding: 0 1rem; }
+table { border-collapse: collapse; font-size: 0.9rem; margin: 1rem 0; }
+th, td { padding: 0.25rem 0.6rem; text-align: right; white-space: nowrap; }
+th:first-child, td:first-child { text-align: left; }
+thead tr:first-child th { border-top: 2px solid #222; }
+thead tr:last-child th { border-bottom: 1px solid #222; }
+tbody tr:last-child td { border-bottom: 2px solid #222; }
+th.group { border-bottom: 1px solid #888; text-align: center; }
+.note { font-size: 0.85rem; color: #444; max-width: 60rem; }
+img { max-width: 100%; height: auto; display: block; margin: 0.5rem 0 1.5rem; }
+"""
+
+
+def _png(fig: Figure) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _img(fig: Figure, alt: str) -> str:
+    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{_png(fig)}">'
+
+
+def _html_grid(table: PaperTable, rows: list[tuple[str, list[Cell]]]) -> str:
+    n_sets = len(table.datasets)
+    arrows = {True: "↑", False: "↓"}
+    head = (
+        f'<tr><th colspan="{1 + len(STAT_COLUMNS)}"></th>'
+        + "".join(
+            f'<th class="group" colspan="{n_sets}">{escape(c.label)}{arrows[c.higher_is_better]}</th>'
+            for c in METRIC_COLUMNS
+        )
+        + "</tr><tr><th>Model</th>"
+        + "".join(f"<th>{escape(s.label)}</th>" for s in STAT_COLUMNS)
+        + "".join(f"<th>{escape(dataset_label(d))}</th>" for _, d in table.columns)
+        + "</tr>"
+    )
+    wrap = {"best": "<strong>{}</strong>", "second": "<u>{}</u>", "": "{}"}
+    body = "".join(
+        f"<tr><td>{escape(model_label(model))}</td>"
+        + "".join(f"<td>{wrap[cell.mark].format(escape(cell.text))}</td>" for cell in cells)
+        + "</tr>"
+        for model, cells in rows
+    )
+    return f"<table><thead>{head}</thead><tbody>{body}</tbody></table>"
+
+
+def per_class_chart(selection: Selection, dataset: str) -> Figure | None:
+    """Horizontal grouped bars, one panel per per-image metric, classes down the page.
+
+    Classes run down (not across) because 45 classes x 7 models only stay readable when
+    the chart grows in the direction a web page scrolls.
+    """
+    per_model = {
+        m: rows
+        for m in order_models(selection.models)
+        if (job := selection.get(m, dataset)) and (rows := read_per_class(job.path))
+    }
+    if not per_model:
+        return None
+    classes = list(dict.fromkeys(str(row["class"]) for rows in per_model.values() for row in rows))
+    columns = [c for c in METRIC_COLUMNS if any(c.key in row for rows in per_model.values() for row in rows)]
+    if not columns:
+        return None
+    height = 0.8 / len(per_model)
+    y = np.arange(len(classes))
+    fig = Figure(
+        figsize=(4.5 * len(columns) + 1.5, max(3.0, 0.1 * len(classes) * len(per_model) + 1.5)),
+        layout="constrained",
+    )
+    axes = fig.subplots(1, len(columns), sharey=True, squeeze=False)[0]
+    for ax, column in zip(axes, columns):
+        lowest = np.inf
+        for i, (model, rows) in enumerate(per_model.items()):
+            by_class = {str(row["class"]): row.get(column.key) for row in rows}
+            values = np.array(
+                [np.nan if by_class.get(c) is None else by_class[c] for c in classes], dtype=float
+            )
+            offset = (i - (len(per_model) - 1) / 2) * height
+            ax.barh(y + offset, values, height, label=model_label(model))
+            if np.isfinite(values).any():
+                lowest = min(lowest, float(np.nanmin(values)))
+        if column.higher_is_better and np.isfinite(lowest) and lowest > 0:
+            ax.set_xlim(left=0.95 * lowest)  # bars from 0 would hide differences of a few percent
+        ax.set_xlabel(f"{column.label} ({'higher' if column.higher_is_better else 'lower'} is better)")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y, classes, fontsize=8)
+    axes[0].set_ylim(len(classes) - 0.5, -0.5)  # first class on top
+    fig.legend(
+        *axes[0].get_legend_handles_labels(),
+        loc="outside upper center",
+        ncols=min(len(per_model), 7),
+        fontsize=8,
+    )
+    return fig
+
+
+def render(selection: Selection, table: PaperTable, images_per_dataset: int = 2) -> str:
+    """The whole page as a string; sections without data say so instead of failing."""
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>vaes4rs report: {escape(str(selection.root))}</title>",
+        f"<style>{STYLE}</style></head><body><main>",
+        "<h1>VAE reconstruction report</h1>",
+        f'<p class="note">Results: {escape(str(selection.root))} &middot; protocol '
+        f"<code>{escape(selection.protocol)}</code> &middot; written {datetime.now():%Y-%m-%d %H:%M}</p>",
+        "<h2>Paper table</h2>",
+        _html_grid(table, table.rows()),
+        *(f'<p class="note">{escape(line)}</p>' for line in table.footnote),
+    ]
+    if table.failures:
+        parts.append("<h3>Failed jobs</h3><ul>")
+        parts += [f"<li><code>{escape(text)}</code></li>" for text in table.failures]
+        parts.append("</ul>")
+    if table.published is not None:
+        parts.append(f"<h3>This table minus the published numbers ({escape(table.published.path.name)})</h3>")
+        parts.append(_html_grid(table, table.diff_rows()))
+    parts.append("<h2>Per-class results</h2>")
+    for dataset in order_datasets(selection.datasets):
+        parts.append(f"<h3>{escape(dataset_label(dataset))}</h3>")
+        chart = per_class_chart(selection, dataset)
+        parts.append(
+            _img(chart, f"per-class means on {dataset_label(dataset)}")
+            if chart is not None
+            else f'<p class="note">No {PER_CLASS_FILE} for this dataset.</p>'
+        )
+    parts.append("<h2>Qualitative figure</h2>")
+    try:
+        parts.append(_img(figure_for(selection, images_per_dataset), "ground truth and reconstructions"))
+    except ReportError as exc:
+        parts.append(f'<p class="note">{escape(str(exc))}</p>')
+    parts.append("</main></body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def write_report(selection: Selection, table: PaperTable, root: Path, images_per_dataset: int = 2) -> Path:
+    path = root / REPORT_FILE
+    path.write_text(render(selection, table, images_per_dataset), encoding="utf-8")
+    return path
