@@ -112,6 +112,8 @@ def test_single_run_writes_results_equal_to_the_study_definitions(tiny_models: P
             "dataset=folder",
             f"dataset.root={root}",
             "logger=none",
+            "metric.lpips=false",  # pretrained LPIPS/Inception weights cannot be had offline
+            "metric.fid=false",
             "run.device=cpu",
             "run.batch_size=4",
             "metric.pool_size=4",
@@ -125,7 +127,11 @@ def test_single_run_writes_results_equal_to_the_study_definitions(tiny_models: P
     assert (payload["model"], payload["dataset"], payload["n_images"]) == ("SD21-VAE", "mini", 6)
     assert payload["protocol"]["name"] == "paper" and payload["protocol"]["latent"] == "sample"
     assert payload["config"]["model"]["subfolder"] == "SD21-VAE"
-    assert payload["model_stats"]["latent_shape"] == {"64x64": [4, 16, 16]}
+    stats = payload["model_stats"]
+    assert stats["latent_shape"] == {"64x64": [4, 16, 16], "256x256": [4, 64, 64]}  # 256: the study's size
+    assert (stats["spatial_ratio"], stats["latent_channels"]) == (4, 4)
+    # 16x the pixels: convolutions cost 16x, the mid-block attention more (quadratic in pixels)
+    assert stats["gflops"]["256x256"] > 16 * stats["gflops"]["64x64"] > 0
     files = sorted(root.glob("*/*.png"))
     psnr, ssim = study_reference(tiny_models / "SD21-VAE", files, group=4)
     assert payload["metrics"]["psnr"] == pytest.approx(psnr, abs=1e-4)
@@ -158,6 +164,8 @@ def test_two_by_two_sweep_and_a_failing_job(tiny_models: Path, tmp_path: Path) -
             "dataset=folder",
             f"dataset.root={roots[0]},{roots[1]},{broken}",
             "logger=none",
+            "metric.lpips=false",
+            "metric.fid=false",
             "run.device=cpu",
             "dataset.num_workers=0",
             f"hydra.sweep.dir={sweep}",

@@ -21,7 +21,7 @@ from vaes4rs.data import prepare
 from vaes4rs.metrics.suite import MetricSuite
 from vaes4rs.models.adapter import VAEAdapter
 from vaes4rs.models.zoo import load_vae, resolve_dtype
-from vaes4rs.profile import model_summary, profile_module
+from vaes4rs.profile import profile_module
 from vaes4rs.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,10 @@ def model_stats(module: torch.nn.Module, adapter: VAEAdapter) -> dict[str, Any]:
     profiles = {f"{h}x{w}": profile_module(module, h, w) for h, w in sizes}
     reference = profiles["256x256"]
     return {
-        **model_summary(module),
+        "class": reference.class_name,
+        "params": reference.params,
+        "params_encoder": reference.params_encoder,
+        "params_decoder": reference.params_decoder,
         "spatial_multiple": adapter.multiple,
         "spatial_ratio": reference.spatial_ratio,
         "latent_channels": reference.latent_shape[0],

@@ -13,8 +13,8 @@ downloaded here, so that row uses a *randomly initialised* diffusers Autoencoder
 effect for a trained VAE, whose posterior is far narrower.
 
 LPIPS and FID rows need the pretrained AlexNet and InceptionV3 files (see
-vaes4rs/metrics/weights.py); without them those columns say "n/a" instead of printing
-numbers from random networks.
+vaes4rs/metrics/weights.py); without them those columns and rows are left out rather than
+filled with numbers from random networks.
 """
 
 from __future__ import annotations
