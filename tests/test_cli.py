@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +35,25 @@ def run_cli(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProce
         text=True,
         timeout=600,
     )
+
+
+def wandb_offline_summary(run_file: Path) -> dict[str, str]:
+    """Summary items of an offline W&B run, read from its record file.
+
+    wandb >= 0.19 writes offline runs only as protobuf records (no wandb-summary.json). A
+    SummaryItem is field 1 ``key`` (tag 0x0a) then field 16 ``value_json`` (tag 0x82 0x01);
+    our keys and values are short, so each length is a single byte.
+    """
+    blob = run_file.read_bytes()
+    pattern = re.compile(rb"\n([\x01-\x7f])([A-Za-z0-9_]+)\x82\x01([\x01-\x7f])")
+    items = {}
+    for match in pattern.finditer(blob):
+        key = match.group(2)
+        if len(key) != match.group(1)[0]:
+            continue
+        start = match.end()
+        items[key.decode()] = blob[start : start + match.group(3)[0]].decode()
+    return items
 
 
 def compose_config(overrides: list[str]):
@@ -111,7 +132,8 @@ def test_single_run_writes_results_equal_to_the_study_definitions(tiny_models: P
             "model.subfolder=SD21-VAE",
             "dataset=folder",
             f"dataset.root={root}",
-            "logger=none",
+            "logger=wandb",
+            "run.experiment=unit",
             "metric.lpips=false",  # pretrained LPIPS/Inception weights cannot be had offline
             "metric.fid=false",
             "run.device=cpu",
@@ -121,10 +143,20 @@ def test_single_run_writes_results_equal_to_the_study_definitions(tiny_models: P
             f"hydra.run.dir={out}",
         ],
         cwd=tmp_path,
+        WANDB_DIR=str(tmp_path / "wandb_dir"),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     payload = json.loads((out / "metrics.json").read_text())
     assert (payload["model"], payload["dataset"], payload["n_images"]) == ("SD21-VAE", "mini", 6)
+    (run_dir,) = (tmp_path / "wandb_dir" / "wandb").glob("offline-run-*")
+    summary = wandb_offline_summary(next(run_dir.glob("run-*.wandb")))
+    assert float(summary["psnr"]) == pytest.approx(payload["metrics"]["psnr"])
+    assert float(summary["ssim"]) == pytest.approx(payload["metrics"]["ssim"])
+    (table_file,) = (run_dir / "files" / "media" / "table").glob("per_class_*.table.json")
+    per_class_logged = json.loads(table_file.read_text())
+    assert per_class_logged["columns"][:2] == ["class", "n_images"]
+    assert [row[0] for row in per_class_logged["data"]] == ["alpha", "beta"]
+    assert list((run_dir / "files" / "media" / "images").glob("samples_*.png"))
     assert payload["protocol"]["name"] == "paper" and payload["protocol"]["latent"] == "sample"
     assert payload["config"]["model"]["subfolder"] == "SD21-VAE"
     stats = payload["model_stats"]
@@ -181,6 +213,24 @@ def test_two_by_two_sweep_and_a_failing_job(tiny_models: Path, tmp_path: Path) -
             assert 0 < payload["metrics"]["psnr"] < 60
         error = json.loads((sweep / f"{model}-set_broken" / "error.json").read_text())
         assert "x.png" in error["error"] and "skip_corrupt" in error["error"]
+        assert (error["model"], error["dataset"], error["protocol"]) == (model, "set_broken", "paper")
+
+    made = subprocess.run(
+        ["make", "-C", str(REPO_ROOT), "paper-table", f"RESULTS={sweep}", f"PYTHON={sys.executable}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert made.returncode == 0, made.stderr[-3000:]
+    rows = {row["model"]: row for row in csv.DictReader((sweep / "paper_table.csv").open())}
+    for model in ("FLUX2-VAE", "Qwen-VAE"):
+        for dataset in ("set_a", "set_b"):
+            payload = json.loads((sweep / f"{model}-{dataset}" / "metrics.json").read_text())
+            for metric in ("psnr", "ssim"):
+                assert float(rows[model][f"{dataset}_{metric}"]) == pytest.approx(payload["metrics"][metric])
+    markdown = (sweep / "paper_table.md").read_text()
+    assert "FLUX2-VAE on set_broken: CorruptImageError" in markdown  # failed jobs: N/A, named
+    assert 'Protocol "paper"' in markdown
 
 
 def test_cli_rejects_unknown_model_listing_choices(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ GT_DTYPES = ("model", "float32")
 VALUE_RANGES = ("minus_one_one", "zero_one")
 QUANTIZE_RULES = ("none", "round", "truncate")
 SSIM_BORDERS = ("reflect", "valid")  # torchmetrics >= 1.5 (reflect-padded) | Wang et al. / skimage
-FID_RESIZES = ("antialias", "tf1")  # torchmetrics >= 1.8 default | torch-fidelity's TF1-compatible (classic FID)
+FID_RESIZES = ("antialias", "tf1")  # torchmetrics >= 1.8 default | torch-fidelity's TF1-compatible
 FID_QUANTIZE_RULES = ("round", "truncate")
 # Network files the metrics read; metric.weights.<key>=<file> overrides the default location.
 METRIC_WEIGHT_KEYS = ("alexnet", "lpips_alex", "inception", "vgg16", "lpips_vgg", "dists")

@@ -70,6 +70,17 @@ def run_job(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     return payload
 
 
+def job_labels(cfg: DictConfig) -> dict[str, str | None]:
+    """Model, dataset and protocol names of a job, as far as its config resolves (for error.json)."""
+    labels: dict[str, str | None] = {}
+    for label, key in (("model", "model.name"), ("dataset", "dataset.name"), ("protocol", "metric.protocol")):
+        try:
+            labels[label] = OmegaConf.select(cfg, key, throw_on_missing=True)
+        except Exception:  # an unresolvable label must not hide the job's real error
+            labels[label] = None
+    return labels
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> dict[str, float] | None:
     hydra_cfg = HydraConfig.get()
@@ -81,6 +92,7 @@ def main(cfg: DictConfig) -> dict[str, float] | None:
             json.dumps(
                 {
                     "job": hydra_cfg.job.override_dirname or hydra_cfg.job.name,
+                    **job_labels(cfg),
                     "error": f"{type(exc).__name__}: {exc}",
                     "traceback": traceback.format_exc(),
                 },

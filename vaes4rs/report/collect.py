@@ -137,8 +137,9 @@ def _names_from_dir(name: str, model: str | None, dataset: str | None) -> tuple[
 
 
 def read_failure(path: Path) -> FailedJob:
-    """One error.json; model, dataset and protocol come from the job's saved Hydra config."""
-    error = json.loads(path.read_text()).get("error", "unknown error")
+    """One error.json; model, dataset and protocol as the job resolved them, else from its Hydra config."""
+    record = json.loads(path.read_text())
+    error = record.get("error", "unknown error")
     config_file = path.parent / HYDRA_CONFIG
     config: dict[str, Any] = {}
     if config_file.is_file():
@@ -148,12 +149,16 @@ def read_failure(path: Path) -> FailedJob:
         value = (config.get(group) or {}).get(key)
         return value if isinstance(value, str) and "${" not in value else None
 
-    model, dataset = _names_from_dir(path.parent.name, plain("model", "name"), plain("dataset", "name"))
+    model, dataset = _names_from_dir(
+        path.parent.name,
+        record.get("model") or plain("model", "name"),
+        record.get("dataset") or plain("dataset", "name"),
+    )
     return FailedJob(
         path=path.parent,
         model=model,
         dataset=dataset,
-        protocol=plain("metric", "protocol"),
+        protocol=record.get("protocol") or plain("metric", "protocol"),
         error=str(error),
         finished=path.stat().st_mtime,
     )
