@@ -18,7 +18,7 @@ def load(tiny_models: Path, subfolder: str, dtype: torch.dtype = torch.float32) 
 
 
 @pytest.mark.parametrize("subfolder", sorted(TINY_MODELS))
-@pytest.mark.parametrize("size", [(150, 150), (64, 96)])
+@pytest.mark.parametrize("size", [(150, 150), (64, 96), (600, 600)])
 def test_every_class_reconstructs_full_size(tiny_models: Path, subfolder: str, size: tuple[int, int]) -> None:
     adapter = VAEAdapter(load(tiny_models, subfolder), name=subfolder)
     x = torch.rand(2, 3, *size) * 2 - 1

@@ -241,3 +241,35 @@ def test_cli_rejects_unknown_model_listing_choices(tmp_path: Path) -> None:
 
 def test_repo_conf_is_the_package_conf() -> None:
     assert (REPO_ROOT / "conf" / "config.yaml").is_file()
+
+
+def test_hub_dataset_config_reads_an_offline_snapshot(tiny_models: Path, tmp_path: Path) -> None:
+    """dataset=resisc45 as users run it, from a snapshot in the HF cache, with HF_HUB_OFFLINE=1."""
+    from tests.test_data import make_hub_snapshot
+
+    snapshot = make_hub_snapshot(tmp_path / "hf_home", "blanchon/RESISC45")
+    for label in ("airplane", "beach"):
+        for i in (1, 2):
+            write_rgb(snapshot / "data" / label / f"{label}_{i}.jpg", 64, 64, seed=i)
+    out = tmp_path / "run"
+    result = run_cli(
+        [
+            "model=local",
+            f"model.path={tiny_models}",
+            "model.subfolder=SANA-VAE",
+            "dataset=resisc45",
+            "dataset.limit_per_class=1",
+            "logger=none",
+            "metric.lpips=false",
+            "metric.fid=false",
+            "run.device=cpu",
+            f"hydra.run.dir={out}",
+        ],
+        cwd=tmp_path,
+        HF_HOME=str(tmp_path / "hf_home"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    payload = json.loads((out / "metrics.json").read_text())
+    assert (payload["dataset"], payload["n_images"]) == ("resisc45", 2)
+    ids = list(read_per_image(out / "per_image.csv")["image_id"])
+    assert ids == ["airplane/airplane_1.jpg", "beach/beach_1.jpg"]
