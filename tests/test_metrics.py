@@ -236,7 +236,12 @@ def test_fid_of_one_image_is_absent_with_a_reason(stub_inception) -> None:
 
 
 def test_explicit_weight_path_that_is_missing_names_file_and_source(tmp_path) -> None:
-    cfg = replace(load_protocol("paper"), fid=False, weights={"alexnet": str(tmp_path / "none.pth")})
+    cfg = replace(
+        load_protocol("paper"),
+        fid=False,
+        weights={"alexnet": str(tmp_path / "none.pth")},
+        missing_weights="error",
+    )
     with pytest.raises(weights.MissingWeightsError) as err:
         MetricSuite(cfg, torch.device("cpu"), torch.float32)
     for part in (
@@ -246,6 +251,16 @@ def test_explicit_weight_path_that_is_missing_names_file_and_source(tmp_path) ->
         "metric.lpips=false",
     ):
         assert part in str(err.value)
+
+
+def test_missing_weights_skip_the_metric_loudly_by_default(tmp_path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = replace(load_protocol("paper"), fid=False, weights={"alexnet": str(tmp_path / "none.pth")})
+    assert cfg.missing_weights == "skip"
+    suite = MetricSuite(cfg, torch.device("cpu"), torch.float32)
+    metrics = run(suite, *images(2))
+    assert "lpips" not in metrics and {"psnr", "ssim"} <= set(metrics)  # absent, never zero
+    assert "alexnet-owt-7be5be79.pth" in suite.protocol()["not_computed"]["lpips"]
+    assert "lpips skipped" in caplog.text and "download.pytorch.org" in caplog.text
 
 
 def test_missing_cache_file_offline_says_where_to_put_it(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -91,6 +91,9 @@ class MetricConfig:
     kid_subsets: int = 100
     kid_subset_size: int = 1000  # capped at the number of images
     weights: dict[str, str | None] = field(default_factory=lambda: dict.fromkeys(METRIC_WEIGHT_KEYS))
+    # A metric network's file missing and not downloadable: "skip" warns (naming the file and where
+    # to get it), leaves the metric out and records why; "error" stops the job with that message.
+    missing_weights: str = "skip"
 
 
 @dataclass
@@ -130,6 +133,7 @@ def _check_metric(metric: MetricConfig) -> None:
     _check_choice("metric.ssim_border", metric.ssim_border, SSIM_BORDERS)
     _check_choice("metric.fid_resize", metric.fid_resize, FID_RESIZES)
     _check_choice("metric.fid_quantize", metric.fid_quantize, FID_QUANTIZE_RULES)
+    _check_choice("metric.missing_weights", metric.missing_weights, ("skip", "error"))
     unknown = sorted(set(metric.weights) - set(METRIC_WEIGHT_KEYS))
     if unknown:
         raise ValueError(f"metric.weights: unknown key(s) {unknown}; valid: {', '.join(METRIC_WEIGHT_KEYS)}")

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from vaes4rs.config import MetricConfig
-from vaes4rs.metrics import fid, perceptual, pixel, stats
+from vaes4rs.metrics import fid, perceptual, pixel, stats, weights
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,27 @@ class MetricSuite:
     def __init__(self, cfg: MetricConfig, device: torch.device, model_dtype: torch.dtype) -> None:
         self.cfg = cfg
         self.model_dtype = model_dtype
-        self.metrics = [cls(cfg, device) for cls in METRICS if cls.enabled(cfg)]
+        self.metrics: list[Metric] = []
+        self.skipped: dict[str, str] = {}  # metric key -> why its network could not be loaded
+        for cls in METRICS:
+            if cls.enabled(cfg):
+                self._add(cls, device)
+
+    def _add(self, cls: type[Metric], device: torch.device) -> None:
+        """Load one metric; a missing network file skips it (loudly) or stops the job."""
+        try:
+            self.metrics.append(cls(cfg=self.cfg, device=device))
+        except weights.MissingWeightsError as exc:
+            if self.cfg.missing_weights == "error":
+                raise
+            keys = (
+                [key for key in ("fid", "kid") if getattr(self.cfg, key)]
+                if cls is InceptionDistances
+                else [cls.name]
+            )
+            for key in keys:
+                self.skipped[key] = f"network weights missing (metric.missing_weights=skip): {exc}"
+            log.warning("%s skipped, the job goes on without it: %s", "/".join(keys), exc)
 
     @property
     def columns(self) -> list[str]:
@@ -247,7 +267,8 @@ class MetricSuite:
         return values
 
     def not_computed(self) -> dict[str, str]:
-        return {key: reason for metric in self.metrics for key, reason in metric.not_computed.items()}
+        found = {key: reason for metric in self.metrics for key, reason in metric.not_computed.items()}
+        return {**self.skipped, **found}
 
     def protocol(self) -> dict[str, Any]:
         """Every parameter of the protocol, the definitions in use, and what could not be computed."""
