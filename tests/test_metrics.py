@@ -253,7 +253,9 @@ def test_explicit_weight_path_that_is_missing_names_file_and_source(tmp_path) ->
         assert part in str(err.value)
 
 
-def test_missing_weights_skip_the_metric_loudly_by_default(tmp_path, caplog: pytest.LogCaptureFixture) -> None:
+def test_missing_weights_skip_the_metric_loudly_by_default(
+    tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
     cfg = replace(load_protocol("paper"), fid=False, weights={"alexnet": str(tmp_path / "none.pth")})
     assert cfg.missing_weights == "skip"
     suite = MetricSuite(cfg, torch.device("cpu"), torch.float32)
@@ -296,3 +298,14 @@ def test_valid_ssim_crops_the_window_radius() -> None:
     torch.testing.assert_close(valid, full[..., 5:-5, 5:-5].flatten(1).mean(1))
     with pytest.raises(ValueError, match="over 10 px"):
         pixel.ssim_per_image(recon[..., :10, :10], original[..., :10, :10], 2.0, "valid")
+
+
+def test_no_confidence_interval_from_one_image() -> None:
+    cfg = replace(load_protocol("standard"), lpips=False, fid=False, kid=False)
+    suite = MetricSuite(cfg, torch.device("cpu"), torch.float32)
+    metrics = run(suite, *images(1))
+    assert "psnr" in metrics and "psnr_ci95_lo" not in metrics
+    assert "at least 2 images" in suite.protocol()["not_computed"]["psnr_ci95"]
+    two = MetricSuite(cfg, torch.device("cpu"), torch.float32)
+    bounded = run(two, *images(2))
+    assert bounded["psnr_ci95_lo"] <= bounded["psnr"] <= bounded["psnr_ci95_hi"]

@@ -70,7 +70,9 @@ class PerImageMetric(Metric):
 
     def summary(self, value: float, per_image: np.ndarray) -> dict[str, float]:
         out = {self.name: value}
-        if self.cfg.bootstrap:
+        if self.cfg.bootstrap and len(per_image) < 2:
+            self.not_computed[f"{self.name}_ci95"] = "a confidence interval needs at least 2 images"
+        elif self.cfg.bootstrap:
             low, high = stats.bootstrap_ci(per_image, self.cfg.bootstrap, self.cfg.bootstrap_seed)
             out[f"{self.name}_ci95_lo"], out[f"{self.name}_ci95_hi"] = low, high
         return out
