@@ -22,7 +22,6 @@ from vaes4rs.metrics.suite import MetricSuite
 from vaes4rs.models.adapter import VAEAdapter
 from vaes4rs.models.zoo import load_vae, resolve_dtype
 from vaes4rs.profile import profile_module
-from vaes4rs.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +58,7 @@ def model_stats(module: torch.nn.Module, adapter: VAEAdapter) -> dict[str, Any]:
     }
 
 
-def evaluate(cfg: RunConfig, out_dir: Path, tracker: Tracker) -> dict[str, Any]:
+def evaluate(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     """Run one (model, dataset, protocol) job and write its result files into ``out_dir``."""
     device = pick_device(cfg.run.device)
     dtype = resolve_dtype(cfg.model.dtype, device)
@@ -107,10 +106,9 @@ def evaluate(cfg: RunConfig, out_dir: Path, tracker: Tracker) -> dict[str, Any]:
                 }
                 row.update({key: float(values[i]) for key, values in columns.items()})
                 rows.append(row)
-            writer.write(rows)
-            for i, record in enumerate(records):
                 if record.image_id in sample_ids:
                     samples[record.image_id] = (images[i].cpu(), results.to_uint8_images(recon[i : i + 1])[0])
+            writer.write(rows)
             n_images += len(records)
             progress.update(len(records) + len(batch["skipped"]))
             progress.set_postfix(img_s=f"{n_images / (time.perf_counter() - start):.2f}")

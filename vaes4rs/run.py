@@ -49,7 +49,7 @@ def run_job(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             tags=[run_cfg.model.name, run_cfg.dataset.name, run_cfg.metric.protocol],
             out_dir=out_dir,
         )
-        payload = evaluate(run_cfg, out_dir, tracker)
+        payload = evaluate(run_cfg, out_dir)
         payload["config"] = resolved
         results.write_json(out_dir / results.RESULT_FILE, payload)
         tracker.log_summary({**payload["metrics"], "n_images": payload["n_images"]})
