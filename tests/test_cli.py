@@ -18,6 +18,7 @@ from hydra.errors import MissingConfigException
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from tests.conftest import CONF_DIR, REPO_ROOT, write_rgb
+from tests.metric_weights import plant_random_metric_weights
 from vaes4rs.config import register_configs, validate
 from vaes4rs.data import read_image
 from vaes4rs.results import read_per_image
@@ -273,3 +274,69 @@ def test_hub_dataset_config_reads_an_offline_snapshot(tiny_models: Path, tmp_pat
     assert (payload["dataset"], payload["n_images"]) == ("resisc45", 2)
     ids = list(read_per_image(out / "per_image.csv")["image_id"])
     assert ids == ["airplane/airplane_1.jpg", "beach/beach_1.jpg"]
+
+
+def test_both_protocols_end_to_end_with_every_default_metric(tiny_models: Path, tmp_path: Path) -> None:
+    """metric=paper,standard through the CLI with LPIPS, FID and KID on.
+
+    The metric networks are randomly initialised stand-ins planted in a temporary TORCH_HOME
+    under the libraries' file names (no download is possible here): this checks the
+    plumbing and the records, not the values of trained networks.
+    """
+    plant_random_metric_weights(tmp_path / "torch_home" / "hub" / "checkpoints")
+    root = tmp_path / "pairs"
+    for i in range(4):
+        write_rgb(root / ("a" if i < 2 else "b") / f"{i}.png", 32, 32, seed=i)
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        [
+            "-m",
+            "model=local",
+            f"model.path={tiny_models}",
+            "model.subfolder=SD21-VAE",
+            "dataset=folder",
+            f"dataset.root={root}",
+            "metric=paper,standard",
+            "metric.missing_weights=error",
+            "logger=none",
+            "run.device=cpu",
+            "dataset.num_workers=0",
+            f"hydra.sweep.dir={sweep}",
+            "hydra.sweep.subdir=${metric.protocol}",
+        ],
+        cwd=tmp_path,
+        TORCH_HOME=str(tmp_path / "torch_home"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    paper = json.loads((sweep / "paper" / "metrics.json").read_text())
+    standard = json.loads((sweep / "standard" / "metrics.json").read_text())
+    assert {"psnr", "ssim", "lpips", "fid", "fid_n"} <= set(paper["metrics"])
+    assert "kid" not in paper["metrics"] and "psnr_ci95_lo" not in paper["metrics"]
+    assert {"kid", "kid_std", "psnr_ci95_lo", "psnr_ci95_hi", "lpips_ci95_lo"} <= set(standard["metrics"])
+    assert (paper["protocol"]["fid_resize"], standard["protocol"]["fid_resize"]) == ("antialias", "tf1")
+    assert standard["metrics"]["fid_n"] == 4 and standard["protocol"]["not_computed"] == {}
+    header = (sweep / "standard" / "per_image.csv").read_text().splitlines()[0].split(",")
+    assert {"psnr", "ssim", "lpips"} <= set(header)
+
+    def paper_table(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [
+                "make",
+                "-C",
+                str(REPO_ROOT),
+                "paper-table",
+                f"RESULTS={sweep}",
+                f"PYTHON={sys.executable}",
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    mixed = paper_table()
+    assert mixed.returncode != 0 and "PROTOCOL=" in mixed.stderr + mixed.stdout
+    chosen = paper_table("PROTOCOL=standard")
+    assert chosen.returncode == 0, chosen.stderr[-2000:]
+    row = next(csv.DictReader((sweep / "paper_table.csv").open()))
+    assert float(row["pairs_lpips"]) == pytest.approx(standard["metrics"]["lpips"])

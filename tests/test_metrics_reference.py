@@ -16,20 +16,18 @@ float64 where the reference accepts it; the observed differences are far smaller
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
-from torch import nn
 
 from tests.conftest import CONF_DIR
+from tests.metric_weights import plant_random_metric_weights
 from vaes4rs.config import MetricConfig
 from vaes4rs.metrics import fid, pixel
 from vaes4rs.metrics.suite import MetricSuite
@@ -41,53 +39,10 @@ GROUP = 2  # pool size standing in for the study's 64
 OFF = dict(psnr=False, ssim=False, lpips=False, fid=False, kid=False)
 
 
-def _he_state(shapes: dict[str, torch.Size], generator: torch.Generator, random_prefix: str) -> dict:
-    """Random He-normal conv weights for keys under ``random_prefix``; the rest (classifier
-    heads the metrics never use) as expanded zeros, which serialise as one number each."""
-    state = {}
-    for key, shape in shapes.items():
-        if not key.startswith(random_prefix):
-            state[key] = torch.zeros(1).expand(shape)
-        elif key.endswith("weight"):
-            state[key] = torch.randn(shape, generator=generator) * math.sqrt(2 / math.prod(shape[1:]))
-        else:
-            state[key] = 0.1 * torch.randn(shape, generator=generator)
-    return state
-
-
-def _plant(checkpoints: Path) -> None:
-    from torch_fidelity import feature_extractor_inceptionv3 as tf_inception
-    from torchvision.models import alexnet, vgg16
-
-    generator = torch.Generator().manual_seed(0)
-    checkpoints.mkdir(parents=True)
-    for build, file_name in ((alexnet, "alexnet-owt-7be5be79.pth"), (vgg16, "vgg16-397923af.pth")):
-        with torch.device("meta"):
-            shapes = {k: v.shape for k, v in build().state_dict().items()}
-        torch.save(_he_state(shapes, generator, "features."), checkpoints / file_name)
-    # torch-fidelity's extractor loads its weights in __init__; build it empty, then fill it.
-    extractor = tf_inception.FeatureExtractorInceptionV3
-    with (
-        mock.patch.object(tf_inception, "load_state_dict_from_url", return_value=None),
-        mock.patch.object(extractor, "load_state_dict", lambda self, state: None),
-    ):
-        inception = extractor("inception-v3-compat", ["2048"])
-    for module in inception.modules():
-        if isinstance(module, nn.Conv2d):
-            fan_in = module.weight[0].numel()
-            module.weight.data = torch.randn(module.weight.shape, generator=generator) * math.sqrt(2 / fan_in)
-    torch.save(inception.state_dict(), checkpoints / "weights-inception-2015-12-05-6726825d.pth")
-    lpips_vgg = [torch.rand(1, c, 1, 1, generator=generator) for c in (64, 128, 256, 512, 512)]
-    torch.save(lpips_vgg, checkpoints / "lpips_weights.pt")
-    alpha, beta = torch.rand(2, 1, 1475, 1, 1, generator=generator)
-    total = alpha.sum() + beta.sum()
-    torch.save({"alpha": alpha / total, "beta": beta / total}, checkpoints / "dists_weights.pt")
-
-
 @pytest.fixture(scope="module")
 def planted_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     home = tmp_path_factory.mktemp("torch_home")
-    _plant(home / "hub" / "checkpoints")
+    plant_random_metric_weights(home / "hub" / "checkpoints")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TORCH_HOME", str(home))
         yield home
