@@ -21,7 +21,7 @@ from vaes4rs.data import prepare
 from vaes4rs.metrics.suite import MetricSuite
 from vaes4rs.models.adapter import VAEAdapter
 from vaes4rs.models.zoo import load_vae, resolve_dtype
-from vaes4rs.profile import profile_module
+from vaes4rs.profile import meta_copy, profile_module
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,8 @@ def to_minus_one_one(images: torch.Tensor) -> torch.Tensor:
 def model_stats(module: torch.nn.Module, adapter: VAEAdapter) -> dict[str, Any]:
     """Cost and shape facts of the model, at the study's 256x256 and at every size evaluated."""
     sizes = sorted({(256, 256), *adapter.latent_shapes})
-    profiles = {f"{h}x{w}": profile_module(module, h, w) for h, w in sizes}
+    meta = meta_copy(module)  # rebuilt once, counted at every size
+    profiles = {f"{h}x{w}": profile_module(meta, h, w) for h, w in sizes}
     reference = profiles["256x256"]
     return {
         "class": reference.class_name,
