@@ -30,4 +30,4 @@ report:  ## report.html in RESULTS: table, per-class charts, figure; self-contai
 	$(PYTHON) -m vaes4rs.report html --results $(RESULTS) $(PROTOCOL_ARG) $(COMPARE_ARG)
 
 flops-table:  ## outputs/profile/flops_table.{md,csv}: GFLOPs, params, latent shapes of the seven study VAEs (no weights)
-	$(PYTHON) -m vaes4rs.profile profile.table=true
+	$(PYTHON) -m vaes4rs.profiler profile.table=true

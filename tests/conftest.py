@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 from PIL import Image
 
 from tests.tiny_models import save_tiny_models
@@ -52,3 +56,28 @@ def image_folder(tmp_path: Path) -> Path:
     write_rgb(root / "harbor" / "harbor_1.png", 96, 96, seed=11)
     write_rgb(root / "harbor" / "harbor_2.png", 150, 150, seed=12)
     return root
+
+
+@pytest.fixture(scope="session")
+def compose_conf() -> Callable[..., DictConfig]:
+    """Compose ``conf/<config_name>.yaml`` with overrides through Hydra's compose API, as the CLIs do."""
+
+    def compose_with(overrides: Sequence[str], config_name: str = "config") -> DictConfig:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name=config_name, overrides=list(overrides))
+
+    return compose_with
+
+
+def read_per_image(path: Path) -> dict[str, np.ndarray]:
+    """per_image.csv as columns (numeric columns as float64)."""
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    table: dict[str, np.ndarray] = {}
+    for name in rows[0].keys() if rows else []:
+        values = [row[name] for row in rows]
+        try:
+            table[name] = np.asarray(values, dtype=np.float64)
+        except ValueError:
+            table[name] = np.asarray(values)
+    return table

@@ -13,15 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from tests.conftest import CONF_DIR, REPO_ROOT, write_rgb
+from tests.conftest import REPO_ROOT, read_per_image, write_rgb
 from tests.metric_weights import plant_random_metric_weights
 from vaes4rs.config import register_configs, validate
 from vaes4rs.data import read_image
-from vaes4rs.results import read_per_image
 
 register_configs()
 
@@ -57,18 +55,13 @@ def wandb_offline_summary(run_file: Path) -> dict[str, str]:
     return items
 
 
-def compose_config(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
-
-
-def test_study_models_compose_with_hub_and_upstream_sources() -> None:
-    cfg = validate(compose_config(["model=qwen", "dataset=aid"]))
+def test_study_models_compose_with_hub_and_upstream_sources(compose_conf) -> None:
+    cfg = validate(compose_conf(["model=qwen", "dataset=aid"]))
     assert (cfg.model.repo, cfg.model.subfolder) == ("BiliSakura/VAEs", "Qwen-VAE")
     assert (cfg.model.upstream_repo, cfg.model.upstream_subfolder) == ("Qwen/Qwen-Image", "vae")
     assert (cfg.dataset.repo, cfg.dataset.subdir, cfg.metric.protocol) == ("blanchon/AID", "data", "paper")
     switched = validate(
-        compose_config(["model=sd21", "model.repo=stabilityai/stable-diffusion-2-1", "model.subfolder=vae"])
+        compose_conf(["model=sd21", "model.repo=stabilityai/stable-diffusion-2-1", "model.subfolder=vae"])
     )
     assert (switched.model.name, switched.model.repo, switched.model.subfolder) == (
         "sd21",
@@ -77,9 +70,9 @@ def test_study_models_compose_with_hub_and_upstream_sources() -> None:
     )
 
 
-def test_local_names_come_from_folders(tmp_path: Path) -> None:
+def test_local_names_come_from_folders(compose_conf, tmp_path: Path) -> None:
     cfg = validate(
-        compose_config(
+        compose_conf(
             [
                 "model=local",
                 f"model.path={tmp_path}/VAEs",
@@ -92,15 +85,16 @@ def test_local_names_come_from_folders(tmp_path: Path) -> None:
     assert (cfg.model.name, cfg.dataset.name) == ("FLUX2-VAE", "my_scenes")
 
 
-def test_unknown_names_and_bad_values_are_clear_errors() -> None:
+def test_unknown_names_and_bad_values_are_clear_errors(compose_conf) -> None:
     with pytest.raises(MissingConfigException, match=r"(?s)model/sd99.*sd21.*sdxl"):
-        compose_config(["model=sd99"])
-    with pytest.raises(ValueError, match=r"metric.latent='median' is not valid; choose one of sample, mode"):
-        validate(compose_config(["metric.latent=median"]))
+        compose_conf(["model=sd99"])
+    with pytest.raises(Exception, match=r"Error merging override metric.latent=median") as error:
+        compose_conf(["metric.latent=median"])
+    assert "Invalid value 'median', expected one of [sample, mode]" in str(error.value.__cause__)
     with pytest.raises(Exception, match=r"Could not override 'model.bogus'"):
-        compose_config(["model.bogus=1"])
+        compose_conf(["model.bogus=1"])
     with pytest.raises(Exception, match=r"(?s)run.batch_size.*abc"):
-        compose_config(["run.batch_size=abc"])
+        compose_conf(["run.batch_size=abc"])
 
 
 def study_reference(model_dir: Path, files: list[Path], group: int) -> tuple[float, float]:

@@ -1,4 +1,4 @@
-"""GFLOPs, parameters and latent shapes of `vaes4rs.profile`, against the study and fvcore."""
+"""GFLOPs, parameters, latent shapes (`models.cost`, `vaes4rs.profiler`) against the study and fvcore."""
 
 from __future__ import annotations
 
@@ -11,24 +11,26 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import OmegaConf
 
 from tests.conftest import CONF_DIR
 from tests.tiny_models import TINY_MODELS
+from vaes4rs.catalog import STUDY_MODELS as STUDY_CATALOG
+from vaes4rs.catalog import study_model_names
 from vaes4rs.config import ModelConfig
 from vaes4rs.models import zoo
-from vaes4rs.models.taesd import TinyAutoencoder
-from vaes4rs.profile import (
-    STUDY_MODELS,
+from vaes4rs.models.architecture import (
+    architecture_config,
     build_architecture,
-    count_gflops,
-    fvcore_breakdown,
-    model_summary,
-    profile_module,
-    run_profile,
-    validate,
+    build_from_config,
+    shipped_architectures,
 )
+from vaes4rs.models.cost import _as_meta, fvcore_breakdown, profile_module
+from vaes4rs.models.families import family_for
+from vaes4rs.models.taesd import TinyAutoencoder
+from vaes4rs.profiler import run_profile, validate
+
+STUDY_MODELS = study_model_names()
 
 # The study's table (paper.md): GFLOPs of one encode+decode at 1x3x256x256, latent shape.
 PUBLISHED = {
@@ -42,9 +44,28 @@ PUBLISHED = {
 }
 
 
-def compose_profile(overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="profile", overrides=overrides)
+def count_gflops(module: torch.nn.Module, height: int, width: int) -> float:
+    """GFLOPs of one encode+decode at HxW, for any supported model (loaded or meta) in the study's way."""
+    return profile_module(module, height, width).gflops
+
+
+def model_summary(module: torch.nn.Module) -> dict:
+    """Class and parameter counts (encoder side, decoder side, total) of a supported model."""
+    meta = _as_meta(module)
+    multiple = family_for(meta).spatial_multiple(meta)
+    # A small input (latent 4x4, so no norm sees a single value): parameters do not depend on it.
+    profile = profile_module(meta, 4 * multiple, 4 * multiple)
+    return {
+        "class": profile.class_name,
+        "params": profile.params,
+        "params_encoder": profile.params_encoder,
+        "params_decoder": profile.params_decoder,
+    }
+
+
+@pytest.fixture()
+def compose_profile(compose_conf):
+    return lambda overrides: compose_conf(overrides, config_name="profile")
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +76,7 @@ def study_table(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
         [
             sys.executable,
             "-m",
-            "vaes4rs.profile",
+            "vaes4rs.profiler",
             "profile.table=true",
             f"profile.out={tmp / 'table'}",
             f"hydra.run.dir={tmp / 'run'}",
@@ -95,7 +116,7 @@ def test_table_files_hold_both_sizes(study_table: tuple[str, Path]) -> None:
     assert "profiled 7 models x 2 sizes in" in stdout
 
 
-def test_one_model_writes_profile_json(tmp_path: Path) -> None:
+def test_one_model_writes_profile_json(compose_profile, tmp_path: Path) -> None:
     payload = run_profile(compose_profile(["model=sd21"]), tmp_path)
     profile = json.loads((tmp_path / "profile.json").read_text())["profile"]
     assert profile == payload["profile"] and profile["gflops"] == 894.9094
@@ -110,12 +131,12 @@ def _study_sized(name: str) -> torch.nn.Module:
 def _tiny(subfolder: str) -> torch.nn.Module:
     class_name, kwargs = TINY_MODELS[subfolder]
     with torch.device("meta"):
-        return zoo.build_from_config({"_class_name": class_name, **kwargs})
+        return build_from_config({"_class_name": class_name, **kwargs})
 
 
 def _tiny_diffusers_taesd() -> torch.nn.Module:
     with torch.device("meta"):
-        return zoo.build_from_config({"_class_name": "AutoencoderTiny"})
+        return build_from_config({"_class_name": "AutoencoderTiny"})
 
 
 @pytest.mark.parametrize(
@@ -170,7 +191,9 @@ def test_parameters_split_into_encoder_and_decoder_sides() -> None:
 
 
 @pytest.mark.parametrize("random_weights", [False, True])
-def test_measure_times_encode_and_decode(tiny_models: Path, tmp_path: Path, random_weights: bool) -> None:
+def test_measure_times_encode_and_decode(
+    compose_profile, tiny_models: Path, tmp_path: Path, random_weights: bool
+) -> None:
     cfg = compose_profile(
         [
             "model=local",
@@ -193,7 +216,7 @@ def test_measure_times_encode_and_decode(tiny_models: Path, tmp_path: Path, rand
     assert json.loads((tmp_path / "profile.json").read_text())["measure"] == measured
 
 
-def test_tiny_loader_models_are_counted_from_their_variant(tmp_path: Path) -> None:
+def test_tiny_loader_models_are_counted_from_their_variant(compose_profile, tmp_path: Path) -> None:
     profile = run_profile(compose_profile(["model=taef2"]), tmp_path)["profile"]
     assert (profile["class_name"], profile["latent_shape"], profile["spatial_ratio"]) == (
         "TinyAutoencoder",
@@ -202,12 +225,25 @@ def test_tiny_loader_models_are_counted_from_their_variant(tmp_path: Path) -> No
     )
 
 
-def test_bad_settings_are_clear_errors(tmp_path: Path) -> None:
+def test_bad_settings_are_clear_errors(compose_profile, tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match=r"model 'empty': counting needs its config.json"):
         run_profile(compose_profile(["model=local", f"model.path={tmp_path}", "model.name=empty"]), tmp_path)
     with pytest.raises(ValueError, match=r"profile.size must be \[H, W\]"):
         validate(compose_profile(["profile.size=[256]"]))
-    with pytest.raises(ValueError, match=r"profile.dtype='float64' is not valid"):
-        validate(compose_profile(["profile.dtype=float64"]))
+    with pytest.raises(Exception, match=r"Error merging override profile.dtype=float64") as error:
+        compose_profile(["profile.dtype=float64"])
+    assert "Invalid value 'float64', expected one of [auto, float32" in str(error.value.__cause__)
     with pytest.raises(Exception, match=r"Could not override 'profile.sizes'"):
         compose_profile(["profile.sizes=[1,1]"])
+
+
+def test_catalog_models_are_the_shipped_configs_their_yaml_names() -> None:
+    """The one list of study models agrees with conf/model/<name>.yaml and the shipped architectures."""
+    for model in STUDY_CATALOG:
+        conf = OmegaConf.load(CONF_DIR / "model" / f"{model.name}.yaml")
+        assert (conf.name, conf.arch) == (model.name, model.arch)
+        assert (
+            architecture_config(model.arch)["_class_name"]
+            == build_architecture(ModelConfig(name=model.name, arch=model.arch)).__class__.__name__
+        )
+    assert sorted(m.arch for m in STUDY_CATALOG) == shipped_architectures()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import RS_SAMPLES, SHARED, needs_shared
+from tests.conftest import RS_SAMPLES, SHARED, needs_shared, read_per_image
 from tests.test_cli import run_cli
 from vaes4rs.config import MetricConfig
 from vaes4rs.data import list_images, read_image
@@ -22,7 +22,6 @@ from vaes4rs.evaluate import to_minus_one_one
 from vaes4rs.metrics.suite import MetricSuite
 from vaes4rs.models.adapter import VAEAdapter
 from vaes4rs.models.taesd import load_tiny_autoencoder
-from vaes4rs.results import read_per_image
 
 TAEF2 = SHARED / "weights" / "taef2"
 RESISC45 = RS_SAMPLES / "resisc45"

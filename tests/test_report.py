@@ -18,8 +18,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from vaes4rs.report import collect, figure, html_report, table
+from vaes4rs import files
+from vaes4rs.report import collect, columns, figure, html_report, labels, table, table_files
 from vaes4rs.report.__main__ import main
+from vaes4rs.report.published import read_published
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = REPO / "experiments" / "paper" / "published.csv"
@@ -41,7 +43,7 @@ def metric_values(seed: int) -> dict[tuple[str, str], dict[str, float]]:
     rng = np.random.default_rng(seed)
     values: dict[tuple[str, str], dict[str, float]] = {}
     for dataset in DATASETS:
-        for column in table.METRIC_COLUMNS:
+        for column in columns.METRIC_COLUMNS:
             step = 10.0 ** -(column.decimals - 1)
             for rank, model in zip(rng.permutation(len(MODELS)), MODELS):
                 value = float(1.0 + step * (rank + 1) + rng.uniform(0, 0.1) * step)
@@ -165,13 +167,13 @@ def test_table_cells_marks_and_gaps(sweep):
     paper = table.build_table(collect.select(root))
     assert paper.models == ["sd21", "flux2", "sana", "qwen", "custom"]
     assert paper.datasets == ["resisc45", "aid"]
-    md_rows = markdown_cells(table.to_markdown(paper))
-    tex_rows = latex_cells(table.to_latex(paper))
+    md_rows = markdown_cells(table_files.to_markdown(paper))
+    tex_rows = latex_cells(table_files.to_latex(paper))
     md_wrap = {"best": "**{}**", "second": "<u>{}</u>", "": "{}"}
     tex_wrap = {"best": r"\textbf{{{}}}", "second": r"\underline{{{}}}", "": "{}"}
-    n_stats = len(table.STAT_COLUMNS)
+    n_stats = len(columns.STAT_COLUMNS)
     for model in paper.models:
-        label = table.model_label(model)
+        label = labels.model_label(model)
         gflops, ratio, channels = STATS[model]
         assert md_rows[label][:n_stats] == [f"{gflops:.2f}", str(ratio), str(channels)]
         assert tex_rows[label][:n_stats] == md_rows[label][:n_stats]
@@ -195,11 +197,11 @@ def test_csv_holds_the_unrounded_inputs(sweep):
     root, values = sweep
     rows = {
         row["model"]: row
-        for row in csv.DictReader(io.StringIO(table.to_csv(table.build_table(collect.select(root)))))
+        for row in csv.DictReader(io.StringIO(table_files.to_csv(table.build_table(collect.select(root)))))
     }
     for model in MODELS:
         for dataset in DATASETS:
-            for column in table.METRIC_COLUMNS:
+            for column in columns.METRIC_COLUMNS:
                 value = values.get((model, dataset), {}).get(column.key)
                 cell = rows[model][f"{dataset}_{column.key}"]
                 assert cell == ("" if value is None else repr(value))
@@ -209,10 +211,10 @@ def test_csv_holds_the_unrounded_inputs(sweep):
 
 def test_write_table_and_compare_with_published(sweep, tmp_path):
     root, values = sweep
-    published = table.read_published(PUBLISHED)
+    published = read_published(PUBLISHED)
     paper = table.build_table(collect.select(root), published)
-    paths = table.write_table(paper, tmp_path)
-    assert [p.name for p in paths] == list(table.TABLE_FILES) and all(p.stat().st_size for p in paths)
+    paths = table_files.write_table(paper, tmp_path)
+    assert [p.name for p in paths] == list(table_files.TABLE_FILES) and all(p.stat().st_size for p in paths)
     rows = {row["model"]: row for row in csv.DictReader(paths[2].open())}
     ours = values["flux2", "aid"]["psnr"]
     assert float(rows["flux2"]["aid_psnr_published"]) == 34.46
@@ -229,8 +231,8 @@ def test_latex_compiles(sweep, tmp_path):
     if not shutil.which("pdflatex"):
         pytest.skip("pdflatex not installed (apt-get install texlive-latex-base texlive-latex-recommended)")
     root, _ = sweep
-    paper = table.build_table(collect.select(root), table.read_published(PUBLISHED))
-    (tmp_path / "paper_table.tex").write_text(table.to_latex(paper))
+    paper = table.build_table(collect.select(root), read_published(PUBLISHED))
+    (tmp_path / "paper_table.tex").write_text(table_files.to_latex(paper))
     document = (
         r"\documentclass{article}\usepackage{booktabs}\begin{document}\input{paper_table.tex}\end{document}"
     )
@@ -246,7 +248,7 @@ def test_latex_compiles(sweep, tmp_path):
 
 
 def test_published_csv_is_the_studys_table():
-    published = table.read_published(PUBLISHED)
+    published = read_published(PUBLISHED)
     assert len(published.metrics) == 7 * 3
     assert published.metrics["flux2", "resisc45"] == {
         "psnr": 33.42,
@@ -263,14 +265,16 @@ def test_published_csv_is_the_studys_table():
 
 
 def test_label_style_names_order_and_compare_like_the_study_names():
-    assert table.order_models({"custom", "Qwen-VAE", "sd21", "SDXL-VAE"}) == [
+    assert labels.order_models({"custom", "Qwen-VAE", "sd21", "SDXL-VAE"}) == [
         "sd21",
         "SDXL-VAE",
         "Qwen-VAE",
         "custom",
     ]
-    assert table.model_label("flux2-vae") == "FLUX2-VAE" and table.dataset_label("RESISC45") == "RESISC45"
-    assert table.canonical_model("SANA-VAE") == "sana" and table.canonical_dataset("UC Merced") == "ucmerced"
+    assert labels.model_label("flux2-vae") == "FLUX2-VAE" and labels.dataset_label("RESISC45") == "RESISC45"
+    assert (
+        labels.canonical_model("SANA-VAE") == "sana" and labels.canonical_dataset("UC Merced") == "ucmerced"
+    )
 
 
 def test_newest_result_wins_by_finished_at_then_mtime(tmp_path):
@@ -309,26 +313,22 @@ def test_empty_folder_is_a_clear_error(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_file_names_agree_with_the_writers():
-    """collect.py repeats the names to avoid importing torch; they must match the writers."""
-
-    def constants(path: Path) -> dict[str, object]:
+def test_report_takes_the_file_names_from_vaes4rs_files():
+    """The writers and the report share one home for the job files' names: no report module spells one."""
+    for module, name in [
+        (collect, "RESULT_FILE"),
+        (collect, "ERROR_FILE"),
+        (collect, "PER_CLASS_FILE"),
+        (figure, "SAMPLES_DIR"),
+        (html_report, "PER_CLASS_FILE"),
+    ]:
+        assert getattr(module, name) is getattr(files, name), (module.__name__, name)
+    names = {value for name, value in vars(files).items() if name.endswith(("_FILE", "_DIR"))}
+    assert "metrics.json" in names and "samples" in names
+    for path in (REPO / "vaes4rs" / "report").glob("*.py"):
         tree = ast.parse(path.read_text())
-        return {
-            node.targets[0].id: ast.literal_eval(node.value)
-            for node in tree.body
-            if isinstance(node, ast.Assign)
-            and isinstance(node.targets[0], ast.Name)
-            and isinstance(node.value, ast.Constant)
-        }
-
-    writer = constants(REPO / "vaes4rs" / "results.py")
-    assert (writer["RESULT_FILE"], writer["PER_CLASS_FILE"], writer["SAMPLES_DIR"]) == (
-        collect.RESULT_FILE,
-        collect.PER_CLASS_FILE,
-        collect.SAMPLES_DIR,
-    )
-    assert constants(REPO / "vaes4rs" / "run.py")["ERROR_FILE"] == collect.ERROR_FILE
+        spelled = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)}
+        assert not spelled & names, f"{path.name} spells a file name of vaes4rs.files"
 
 
 def test_figure_tiles_and_deterministic_choice(sweep, tmp_path):
@@ -340,7 +340,7 @@ def test_figure_tiles_and_deterministic_choice(sweep, tmp_path):
     ]
     assert [img.dataset for img in images] == ["resisc45", "resisc45", "aid", "aid"]
     assert len({img.key.split("__")[0] for img in images[:2]}) == 2  # spread over classes
-    fig = figure.build_figure(images, table.order_models(selection.models))
+    fig = figure.build_figure(images, labels.order_models(selection.models))
     # resisc45 image: ground truth + 5 models, full and zoom, 5 error maps = 17 tiles;
     # aid image: qwen never ran and sana failed, so ground truth + 3 models: 4 + 4 + 3 = 11
     assert sum(len(ax.images) for ax in fig.axes) == 2 * 17 + 2 * 11
@@ -367,7 +367,7 @@ def test_cli_all_writes_every_output(sweep, capsys):
         main(["all", "--results", str(root), "--compare", str(PUBLISHED), "--images-per-dataset", "1"]) == 0
     )
     written = capsys.readouterr().out.split()
-    expected = [*table.TABLE_FILES, *figure.FIGURE_FILES, html_report.REPORT_FILE]
+    expected = [*table_files.TABLE_FILES, *figure.FIGURE_FILES, html_report.REPORT_FILE]
     assert [Path(p).name for p in written] == expected
 
 

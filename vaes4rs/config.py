@@ -7,24 +7,94 @@ invalid choices before a single image is read, so a sweep never dies an hour in.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-DEVICES = ("auto", "cpu", "cuda")
-LATENT_POLICIES = ("sample", "mode")
-GT_DTYPES = ("model", "float32")
-VALUE_RANGES = ("minus_one_one", "zero_one")
-QUANTIZE_RULES = ("none", "round", "truncate")
-SSIM_BORDERS = ("reflect", "valid")  # torchmetrics >= 1.5 (reflect-padded) | Wang et al. / skimage
-FID_RESIZES = ("antialias", "tf1")  # torchmetrics >= 1.8 default | torch-fidelity's TF1-compatible
-FID_QUANTIZE_RULES = ("round", "truncate")
+
+class Choice(str, Enum):
+    """An enumerated setting: OmegaConf refuses any other value and lists the valid ones itself.
+
+    A ``str`` subclass whose ``str()`` is its value, so code compares it with plain strings and
+    it serialises (JSON, W&B, f-strings) as the value the user typed.
+    """
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class DType(Choice):
+    auto = "auto"  # bfloat16 on CUDA (as the study ran), float32 elsewhere
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class Device(Choice):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class ModelLoader(Choice):
+    diffusers = "diffusers"  # from_pretrained
+    tiny = "tiny"  # our TAESD-family module
+
+
+class DatasetSource(Choice):
+    hub = "hub"
+    folder = "folder"
+
+
+class LatentPolicy(Choice):
+    sample = "sample"
+    mode = "mode"
+
+
+class GroundTruthDType(Choice):
+    model = "model"
+    float32 = "float32"
+
+
+class ValueRange(Choice):
+    minus_one_one = "minus_one_one"
+    zero_one = "zero_one"
+
+
+class Quantize(Choice):
+    none = "none"
+    round = "round"
+    truncate = "truncate"
+
+
+class SSIMBorder(Choice):
+    reflect = "reflect"  # torchmetrics >= 1.5 (reflect-padded)
+    valid = "valid"  # Wang et al. / skimage
+
+
+class FIDResize(Choice):
+    antialias = "antialias"  # torchmetrics >= 1.8 default
+    tf1 = "tf1"  # torch-fidelity's TF1-compatible
+
+
+class FIDQuantize(Choice):
+    round = "round"
+    truncate = "truncate"
+
+
+class MissingWeights(Choice):
+    skip = "skip"
+    error = "error"
+
+
+class LoggerBackend(Choice):
+    none = "none"
+    wandb = "wandb"
+
+
 # Network files the metrics read; metric.weights.<key>=<file> overrides the default location.
 METRIC_WEIGHT_KEYS = ("alexnet", "lpips_alex", "inception", "vgg16", "lpips_vgg", "dists")
-DATASET_SOURCES = ("hub", "folder")
-MODEL_LOADERS = ("diffusers", "tiny")
 
 
 @dataclass
@@ -32,7 +102,7 @@ class ModelConfig:
     """Where a VAE's weights come from and how to run it."""
 
     name: str = "???"
-    loader: str = "diffusers"  # diffusers: from_pretrained; tiny: our TAESD-family module
+    loader: ModelLoader = ModelLoader.diffusers
     repo: str | None = None  # hub model repo, e.g. BiliSakura/VAEs
     subfolder: str | None = None
     path: str | None = None  # local directory; wins over repo
@@ -41,7 +111,7 @@ class ModelConfig:
     upstream_subfolder: str | None = None
     arch: str | None = None  # shipped architecture config (vaes4rs/models/configs/<arch>.json)
     variant: str | None = None  # tiny loader: taef2, ...
-    dtype: str = "auto"
+    dtype: DType = DType.auto
     allow_pickle: bool = False
     upcast_on_overflow: bool = False
 
@@ -51,7 +121,7 @@ class DatasetConfig:
     """An image set read as class folders (hub snapshot or local directory)."""
 
     name: str = "???"
-    source: str = "folder"
+    source: DatasetSource = DatasetSource.folder
     repo: str | None = None  # hub dataset repo, e.g. blanchon/RESISC45
     revision: str | None = None
     archive: str | None = None  # a zip inside the hub repo to extract (UC Merced)
@@ -69,12 +139,15 @@ class MetricConfig:
     """A protocol: which definitions, on which range, with which latent policy (see conf/metric/)."""
 
     protocol: str = "paper"
-    latent: str = "sample"
+    latent: LatentPolicy = LatentPolicy.sample
     seed: int = 42
-    gt_dtype: str = "model"  # ground truth cast to the model dtype before scoring (the study)
-    value_range: str = "minus_one_one"  # PSNR and SSIM; LPIPS always feeds its network [-1, 1]
-    quantize: str = "none"  # how reconstructions become pixels before every metric
-    ssim_border: str = "reflect"  # SSIM averaged over every pixel (reflect-padded) or valid windows only
+    # Ground truth cast to the model dtype before scoring (the study) or kept in float32.
+    gt_dtype: GroundTruthDType = GroundTruthDType.model
+    # PSNR and SSIM; LPIPS always feeds its network [-1, 1].
+    value_range: ValueRange = ValueRange.minus_one_one
+    quantize: Quantize = Quantize.none  # how reconstructions become pixels before every metric
+    # SSIM averaged over every pixel (reflect-padded) or over valid windows only.
+    ssim_border: SSIMBorder = SSIMBorder.reflect
     pool_size: int = 64  # per-image metrics averaged per group of this many images; 1 = per-image mean
     bootstrap: int = 0  # resamples for a 95% CI of each per-image mean; 0 = none (needs pool_size=1)
     bootstrap_seed: int = 0
@@ -86,19 +159,19 @@ class MetricConfig:
     dists: bool = False  # piq, on [0, 1]
     fid: bool = True  # originals vs reconstructions, InceptionV3 pool features (2048-d)
     kid: bool = False  # torch-fidelity's KID; only for sets under 2,048 images
-    fid_resize: str = "antialias"  # how Inception's input reaches 299x299
-    fid_quantize: str = "truncate"  # how [-1, 1] images become Inception's uint8 input
+    fid_resize: FIDResize = FIDResize.antialias  # how Inception's input reaches 299x299
+    fid_quantize: FIDQuantize = FIDQuantize.truncate  # how [-1, 1] images become Inception's uint8 input
     kid_subsets: int = 100
     kid_subset_size: int = 1000  # capped at the number of images
     weights: dict[str, str | None] = field(default_factory=lambda: dict.fromkeys(METRIC_WEIGHT_KEYS))
     # A metric network's file missing and not downloadable: "skip" warns (naming the file and where
     # to get it), leaves the metric out and records why; "error" stops the job with that message.
-    missing_weights: str = "skip"
+    missing_weights: MissingWeights = MissingWeights.skip
 
 
 @dataclass
 class LoggerConfig:
-    backend: str = "none"  # none | wandb
+    backend: LoggerBackend = LoggerBackend.none
     project: str = "vaes4rs"
     entity: str | None = None
     mode: str = "offline"  # offline | online | disabled; WANDB_MODE wins when set
@@ -107,7 +180,7 @@ class LoggerConfig:
 
 @dataclass
 class RunSettings:
-    device: str = "auto"
+    device: Device = Device.auto
     batch_size: int = 64
     n_samples: int = 8  # images shown in samples.png
     experiment: str = "default"
@@ -123,17 +196,8 @@ class RunConfig:
     run: RunSettings = field(default_factory=RunSettings)
 
 
-def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{key}={value!r} is not valid; choose one of {', '.join(choices)}")
-
-
 def _check_metric(metric: MetricConfig) -> None:
-    """The metric group's choices and bounds (kept apart so validate() stays a flat list)."""
-    _check_choice("metric.ssim_border", metric.ssim_border, SSIM_BORDERS)
-    _check_choice("metric.fid_resize", metric.fid_resize, FID_RESIZES)
-    _check_choice("metric.fid_quantize", metric.fid_quantize, FID_QUANTIZE_RULES)
-    _check_choice("metric.missing_weights", metric.missing_weights, ("skip", "error"))
+    """The metric group's bounds (kept apart so validate() stays a flat list)."""
     unknown = sorted(set(metric.weights) - set(METRIC_WEIGHT_KEYS))
     if unknown:
         raise ValueError(f"metric.weights: unknown key(s) {unknown}; valid: {', '.join(METRIC_WEIGHT_KEYS)}")
@@ -149,20 +213,11 @@ def _check_metric(metric: MetricConfig) -> None:
 
 
 def validate(cfg: DictConfig) -> RunConfig:
-    """Merge the composed config into the schema and check every enumerated choice."""
+    """Merge the composed config into the schema (types and choices) and check what types cannot."""
     merged = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
     run_cfg: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
     model, dataset, metric = run_cfg.model, run_cfg.dataset, run_cfg.metric
-    _check_choice("model.loader", model.loader, MODEL_LOADERS)
-    _check_choice("model.dtype", model.dtype, DTYPES)
-    _check_choice("run.device", run_cfg.run.device, DEVICES)
-    _check_choice("dataset.source", dataset.source, DATASET_SOURCES)
-    _check_choice("metric.latent", metric.latent, LATENT_POLICIES)
-    _check_choice("metric.gt_dtype", metric.gt_dtype, GT_DTYPES)
-    _check_choice("metric.value_range", metric.value_range, VALUE_RANGES)
-    _check_choice("metric.quantize", metric.quantize, QUANTIZE_RULES)
     _check_metric(metric)
-    _check_choice("logger.backend", run_cfg.logger.backend, ("none", "wandb"))
     if model.loader == "diffusers" and not (model.path or model.repo):
         raise ValueError(f"model '{model.name}': set model.path=<dir> or model.repo=<hub id>")
     if dataset.source == "folder" and not dataset.root:

@@ -15,48 +15,21 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from vaes4rs import results
+from vaes4rs import files, results
 from vaes4rs.config import RunConfig
 from vaes4rs.data import prepare
+from vaes4rs.device import pick_device, resolve_dtype
 from vaes4rs.metrics.suite import MetricSuite
 from vaes4rs.models.adapter import VAEAdapter
-from vaes4rs.models.zoo import load_vae, resolve_dtype
-from vaes4rs.profile import meta_copy, profile_module
+from vaes4rs.models.cost import model_stats
+from vaes4rs.models.zoo import load_vae
 
 log = logging.getLogger(__name__)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("run.device=cuda but no CUDA device is visible; use run.device=cpu")
-    return torch.device(name)
 
 
 def to_minus_one_one(images: torch.Tensor) -> torch.Tensor:
     """uint8 -> [-1, 1] exactly as ToTensor + Normalize(0.5, 0.5) computes it."""
     return (images.float() / 255.0 - 0.5) / 0.5
-
-
-def model_stats(module: torch.nn.Module, adapter: VAEAdapter) -> dict[str, Any]:
-    """Cost and shape facts of the model, at the study's 256x256 and at every size evaluated."""
-    sizes = sorted({(256, 256), *adapter.latent_shapes})
-    meta = meta_copy(module)  # rebuilt once, counted at every size
-    profiles = {f"{h}x{w}": profile_module(meta, h, w) for h, w in sizes}
-    reference = profiles["256x256"]
-    return {
-        "class": reference.class_name,
-        "params": reference.params,
-        "params_encoder": reference.params_encoder,
-        "params_decoder": reference.params_decoder,
-        "spatial_multiple": adapter.multiple,
-        "spatial_ratio": reference.spatial_ratio,
-        "latent_channels": reference.latent_shape[0],
-        "latent_shape": {size: list(p.latent_shape) for size, p in profiles.items()},
-        "gflops": {size: round(p.gflops, 4) for size, p in profiles.items()},
-        "compression_ratio": {size: round(p.compression_ratio, 4) for size, p in profiles.items()},
-    }
 
 
 def evaluate(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
@@ -74,7 +47,7 @@ def evaluate(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         upcast_on_overflow=cfg.model.upcast_on_overflow,
     )
     suite = MetricSuite(cfg.metric, device, dtype)
-    writer = results.PerImageWriter(out_dir / results.PER_IMAGE_FILE, suite.columns)
+    writer = results.PerImageWriter(out_dir / files.PER_IMAGE_FILE, suite.columns)
     skipped = list(dataset.skipped)
     sample_ids = results.choose_sample_ids([r.image_id for r in dataset.records], cfg.run.n_samples)
     samples: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # image_id -> (original, recon)
@@ -123,12 +96,12 @@ def evaluate(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         log.warning("skipped corrupt image %s: %s", record.path, error)
     table = writer.table()
     metrics = suite.finalize(table)
-    results.write_per_class(out_dir / results.PER_CLASS_FILE, table, suite.columns)
+    results.write_per_class(out_dir / files.PER_CLASS_FILE, table, suite.columns)
     if samples:
         ordered = [samples[image_id] for image_id in sample_ids if image_id in samples]
-        results.save_samples(samples, out_dir / results.SAMPLES_DIR)
+        results.save_samples(samples, out_dir / files.SAMPLES_DIR)
         results.save_sample_grid(
-            [o for o, _ in ordered], [r for _, r in ordered], out_dir / results.SAMPLES_FILE
+            [o for o, _ in ordered], [r for _, r in ordered], out_dir / files.SAMPLES_FILE
         )
     payload: dict[str, Any] = {
         "model": cfg.model.name,

@@ -1,6 +1,7 @@
 """Result files of one job: metrics.json, per_image.csv (written batch by batch), samples.png.
 
-Reports read only these files, so their shape is the contract between runs and tables.
+Reports read only these files (names in ``vaes4rs.files``), so their shape is the contract
+between runs and tables.
 """
 
 from __future__ import annotations
@@ -17,11 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 
-RESULT_FILE = "metrics.json"
-PER_IMAGE_FILE = "per_image.csv"
-SAMPLES_FILE = "samples.png"
-SAMPLES_DIR = "samples"
-PER_CLASS_FILE = "per_class.csv"
 ID_COLUMNS = ("index", "image_id", "class", "height", "width")
 
 
@@ -51,20 +47,6 @@ class PerImageWriter:
         rows = sorted(self._rows, key=lambda values: values[0])
         columns = list(zip(*rows)) if rows else [[] for _ in self.columns]
         return {name: np.asarray(values) for name, values in zip(self.columns, columns)}
-
-
-def read_per_image(path: Path) -> dict[str, np.ndarray]:
-    """per_image.csv as columns (numeric columns as float64)."""
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    table: dict[str, np.ndarray] = {}
-    for name in rows[0].keys() if rows else []:
-        values = [row[name] for row in rows]
-        try:
-            table[name] = np.asarray(values, dtype=np.float64)
-        except ValueError:
-            table[name] = np.asarray(values)
-    return table
 
 
 def software_versions() -> dict[str, str]:

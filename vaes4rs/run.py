@@ -20,13 +20,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from vaes4rs import results
+from vaes4rs import files, results
 from vaes4rs.config import register_configs, validate
 from vaes4rs.evaluate import evaluate
 from vaes4rs.tracking import make_tracker
 
 log = logging.getLogger("vaes4rs")
-ERROR_FILE = "error.json"
 
 register_configs()
 
@@ -34,7 +33,7 @@ register_configs()
 def run_job(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Validate, evaluate, write metrics.json and mirror it to the tracker."""
     run_cfg = validate(cfg)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     tracker = make_tracker(run_cfg.logger)
     hydra_cfg = HydraConfig.get()
     group = run_cfg.run.experiment
@@ -51,10 +50,10 @@ def run_job(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         )
         payload = evaluate(run_cfg, out_dir)
         payload["config"] = resolved
-        results.write_json(out_dir / results.RESULT_FILE, payload)
+        results.write_json(out_dir / files.RESULT_FILE, payload)
         tracker.log_summary({**payload["metrics"], "n_images": payload["n_images"]})
-        tracker.log_image("samples", out_dir / results.SAMPLES_FILE, "originals (top), reconstructions")
-        tracker.log_csv_table("per_class", out_dir / results.PER_CLASS_FILE)
+        tracker.log_image("samples", out_dir / files.SAMPLES_FILE, "originals (top), reconstructions")
+        tracker.log_csv_table("per_class", out_dir / files.PER_CLASS_FILE)
         failed = False
     finally:
         tracker.finish(failed)
@@ -65,7 +64,7 @@ def run_job(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         run_cfg.metric.protocol,
         payload["n_images"],
         ", ".join(f"{k}={v:.4f}" for k, v in payload["metrics"].items()),
-        out_dir / results.RESULT_FILE,
+        out_dir / files.RESULT_FILE,
     )
     return payload
 
@@ -88,7 +87,8 @@ def main(cfg: DictConfig) -> dict[str, float] | None:
     try:
         return run_job(cfg, out_dir)["metrics"]
     except Exception as exc:
-        (out_dir / ERROR_FILE).write_text(
+        error_file = out_dir / files.ERROR_FILE
+        error_file.write_text(
             json.dumps(
                 {
                     "job": hydra_cfg.job.override_dirname or hydra_cfg.job.name,
@@ -102,9 +102,7 @@ def main(cfg: DictConfig) -> dict[str, float] | None:
         )
         if hydra_cfg.mode != RunMode.MULTIRUN:
             raise
-        log.error(
-            "job %s failed: %s: %s (see %s)", out_dir.name, type(exc).__name__, exc, out_dir / ERROR_FILE
-        )
+        log.error("job %s failed: %s: %s (see %s)", out_dir.name, type(exc).__name__, exc, error_file)
         return None
 
 

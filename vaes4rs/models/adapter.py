@@ -1,10 +1,10 @@
-"""The one place that knows each VAE family's quirks.
+"""Encode+decode of any registered VAE family on a batch, whatever its size and precision.
 
 Everything upstream hands it images in [-1, 1]; everything downstream receives
 reconstructions in [-1, 1]. In between: reflect-pad to the model's spatial multiple (SANA's
-DC-AE needs 32, so AID's 600x600 becomes 608x608) and crop back, a 5-D frame axis for
-Qwen-Image, the latent policy (seeded sample or mode; DC-AE and the tiny autoencoders are
-deterministic), [0, 1] I/O for our TAESD-family module, and overflow handling for fp16/bf16.
+DC-AE needs 32, so AID's 600x600 becomes 608x608) and crop back, the latent policy (seeded
+sample or mode), and overflow handling for fp16/bf16. The family (``families.py``) supplies
+each model's quirks: the 5-D frame axis of Qwen-Image, deterministic encoders, [0, 1] I/O.
 """
 
 from __future__ import annotations
@@ -16,43 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vaes4rs.models.families import family_for
+
 
 class NonFiniteOutputError(RuntimeError):
     """A reconstruction held NaN/inf: a silently wrong number is never written."""
-
-
-def family_of(module: nn.Module) -> str:
-    name = type(module).__name__
-    families = {
-        "AutoencoderKL": "kl",
-        "AutoencoderKLFlux2": "kl",
-        "AutoencoderDC": "dc",
-        "AutoencoderKLQwenImage": "qwen",
-        "AutoencoderTiny": "tiny",
-        "TinyAutoencoder": "tiny01",
-    }
-    if name not in families:
-        raise ValueError(f"no adapter for VAE class {name}; supported: {sorted(families)}")
-    return families[name]
-
-
-def spatial_multiple(module: nn.Module) -> int:
-    """Input sides must be multiples of this for the reconstruction to come back full size."""
-    family = family_of(module)
-    config = getattr(module, "config", None)
-    if family == "kl":
-        return 2 ** (len(config.block_out_channels) - 1)
-    if family in ("dc", "tiny"):
-        return 2 ** (len(config.encoder_block_out_channels) - 1)
-    if family == "qwen":
-        return 2 ** len(config.temperal_downsample)
-    return int(module.spatial_multiple)
-
-
-def latent_shape_of(z: torch.Tensor) -> tuple[int, ...]:
-    """Per-image latent shape (C, h, w); a 5-D latent (Qwen) has a frame axis of 1 that stores nothing."""
-    shape = tuple(z.shape[1:])
-    return (shape[0], *shape[2:]) if z.dim() == 5 else shape
 
 
 class VAEAdapter:
@@ -69,8 +37,8 @@ class VAEAdapter:
     ) -> None:
         self.module = module
         self.name = name
-        self.family = family_of(module)
-        self.multiple = spatial_multiple(module)
+        self.family = family_for(module)
+        self.multiple = self.family.spatial_multiple(module)
         self.latent = latent
         self.upcast_on_overflow = upcast_on_overflow
         first = next(module.parameters())
@@ -82,7 +50,7 @@ class VAEAdapter:
 
     @property
     def deterministic(self) -> bool:
-        return self.family in ("dc", "tiny", "tiny01") or self.latent == "mode"
+        return self.family.deterministic or self.latent == "mode"
 
     def pad(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         height, width = x.shape[-2:]
@@ -93,33 +61,17 @@ class VAEAdapter:
 
     def encode(self, x: torch.Tensor, module: nn.Module | None = None) -> torch.Tensor:
         """Latent of padded [-1, 1] input, following the latent policy."""
-        module = module or self.module
-        if self.family == "qwen":
-            x = x.unsqueeze(2)
-        if self.family == "dc":
-            return module.encode(x).latent
-        if self.family == "tiny":
-            return module.encode(x).latents
-        if self.family == "tiny01":
-            return module.encode((x + 1) / 2)
-        dist = module.encode(x).latent_dist
-        if self.latent == "mode":
-            return dist.mode()
-        return dist.sample(generator=self.generator)
+        return self.family.encode(module or self.module, x, self.latent, self.generator)
 
     def decode(self, z: torch.Tensor, module: nn.Module | None = None) -> torch.Tensor:
-        module = module or self.module
-        if self.family == "tiny01":
-            return module.decode(z) * 2 - 1
-        out = module.decode(z).sample
-        return out[:, :, 0] if self.family == "qwen" else out
+        return self.family.decode(module or self.module, z)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, image_ids: Sequence[str] = ()) -> torch.Tensor:
         """[-1, 1] images (B, 3, H, W) -> reconstructions clamped to [-1, 1], float32."""
         padded, (height, width) = self.pad(x.to(self.device, self.dtype))
         z = self.encode(padded)
-        self.latent_shapes[(height, width)] = latent_shape_of(z)
+        self.latent_shapes[(height, width)] = self.family.latent_shape(z)
         out = self.decode(z)[..., :height, :width]
         if not torch.isfinite(out).all() and self.upcast_on_overflow:
             out = self._reconstruct_float32(padded)[..., :height, :width]

@@ -1,86 +1,17 @@
-"""Loading VAEs: one path (diffusers ``from_pretrained``) for hub ids and local folders alike.
-
-The seven study architectures ship as diffusers ``config.json`` files in ``configs/`` so
-cost can be profiled and tests can build random-init models without any download.
+"""Loading VAEs with their weights: one path (diffusers ``from_pretrained``) for hub ids and local
+folders alike, and our loader for the tiny autoencoders published only as ``.pth`` files.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from vaes4rs.config import ModelConfig
-
-CONFIG_DIR = Path(__file__).parent / "configs"
-
-# The VAE classes the adapter knows how to drive.
-SUPPORTED_CLASSES = (
-    "AutoencoderKL",
-    "AutoencoderKLFlux2",
-    "AutoencoderDC",
-    "AutoencoderKLQwenImage",
-    "AutoencoderTiny",
-)
-
-
-def shipped_architectures() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
-
-
-def architecture_config(arch: str) -> dict[str, Any]:
-    """The shipped diffusers config.json of a study architecture (sd21, ..., qwen)."""
-    path = CONFIG_DIR / f"{arch}.json"
-    if not path.is_file():
-        raise ValueError(f"unknown architecture {arch!r}; shipped: {shipped_architectures()}")
-    return json.loads(path.read_text())
-
-
-def diffusers_class(class_name: str) -> type[nn.Module]:
-    if class_name not in SUPPORTED_CLASSES:
-        raise ValueError(
-            f"VAE class {class_name!r} is not supported; supported: {', '.join(SUPPORTED_CLASSES)}"
-        )
-    import diffusers
-
-    return getattr(diffusers, class_name)
-
-
-def build_from_config(config: dict[str, Any]) -> nn.Module:
-    """Instantiate an architecture from its config dict (random init; use under a meta device)."""
-    cls = diffusers_class(config["_class_name"])
-    return cls.from_config(config)
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto`` is bfloat16 on CUDA (as the study ran) and float32 elsewhere."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, name)
-
-
-def read_model_config(cfg: ModelConfig) -> dict[str, Any]:
-    """config.json of the model to load, from its folder or the hub (cached like the weights)."""
-    if cfg.path:
-        folder = Path(cfg.path).expanduser()
-        if cfg.subfolder:
-            folder = folder / cfg.subfolder
-        config_file = folder / "config.json"
-        if not config_file.is_file():
-            raise FileNotFoundError(
-                f"model '{cfg.name}': no config.json in {folder} (a diffusers VAE folder holds "
-                "config.json and diffusion_pytorch_model.safetensors)"
-            )
-        return json.loads(config_file.read_text())
-    from huggingface_hub import hf_hub_download
-
-    assert cfg.repo is not None
-    local = hf_hub_download(cfg.repo, "config.json", subfolder=cfg.subfolder, revision=cfg.revision)
-    return json.loads(Path(local).read_text())
+from vaes4rs.models.architecture import diffusers_class, read_model_config
 
 
 def _missing_weights_message(cfg: ModelConfig, exc: Exception) -> str:

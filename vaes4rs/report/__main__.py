@@ -57,15 +57,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> list[Path]:
     """Write what ``args.command`` asks for; returns the written paths."""
-    from vaes4rs.report import figure, html_report, table
+    from vaes4rs.report import figure, html_report, published, table, table_files
 
     selection = collect.select(args.results, args.protocol)
-    published = table.read_published(args.compare) if args.compare else None
-    paper_table = table.build_table(selection, published)
+    published_numbers = published.read_published(args.compare) if args.compare else None
+    paper_table = table.build_table(selection, published_numbers)
     keys = [key.strip() for key in args.keys.split(",") if key.strip()] if args.keys else None
     written: list[Path] = []
     if args.command in ("table", "all"):
-        written += table.write_table(paper_table, args.results)
+        written += table_files.write_table(paper_table, args.results)
     if args.command in ("figure", "all"):
         try:
             written += figure.write_figure(

@@ -1,10 +1,9 @@
 """Find job results under a results root and pick the ones a report shows.
 
-This is the only module of the report that reads a job's files, so the contract between
-runs and reports (see ``vaes4rs.results``) is read in one place. The file names are
-repeated here rather than imported because importing ``vaes4rs.results`` or ``vaes4rs.run``
-pulls in torch and diffusers (several seconds) and a report needs neither;
-``tests/test_report.py`` checks that the names still agree.
+This is the only module of the report that reads a job's result files (metrics.json,
+error.json, per_class.csv), so the contract between runs and reports is read in one place;
+the file names come from ``vaes4rs.files``, which the writers use too. ``number`` is the one
+reading of a number for every file a report reads.
 """
 
 from __future__ import annotations
@@ -19,10 +18,8 @@ from typing import Any
 
 import yaml
 
-RESULT_FILE = "metrics.json"  # vaes4rs.results.RESULT_FILE
-ERROR_FILE = "error.json"  # vaes4rs.run.ERROR_FILE
-PER_CLASS_FILE = "per_class.csv"  # vaes4rs.results.PER_CLASS_FILE
-SAMPLES_DIR = "samples"  # vaes4rs.results.SAMPLES_DIR
+from vaes4rs.files import ERROR_FILE, PER_CLASS_FILE, RESULT_FILE
+
 HYDRA_CONFIG = Path(".hydra") / "config.yaml"
 
 
@@ -94,13 +91,29 @@ def _timestamp(payload: dict[str, Any], path: Path) -> float:
     return path.stat().st_mtime
 
 
+def number(value: Any, *, text: bool = False, strict: bool = False) -> float | None:
+    """A value of a result file as a table cell: a number, or None for N/A (never zero).
+
+    A JSON value counts only as an int or float, not a boolean (``true`` is not 1) and not a
+    string; it is returned as it is, so a count stays an int. A CSV field (``text=True``) is
+    parsed: empty or missing is None, and text that is not a number is None too, or raises
+    ValueError when ``strict`` (a hand-written file whose mistake the user should see).
+    """
+    if not text:
+        return None if isinstance(value, bool) or not isinstance(value, (int, float)) else value
+    if value in (None, ""):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        if strict:
+            raise
+        return None
+
+
 def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
     """Scalar numbers only: CI pairs, lists and flags are not table cells."""
-    return {
-        key: float(value)
-        for key, value in metrics.items()
-        if isinstance(value, (int, float)) and not isinstance(value, bool)
-    }
+    return {key: float(value) for key, value in metrics.items() if number(value) is not None}
 
 
 def read_result(path: Path) -> JobResult:
@@ -218,13 +231,6 @@ def select(root: Path, protocol: str | None = None) -> Selection:
     return Selection(root=root, protocol=protocol, results=newest, failures=failed)
 
 
-def _number(text: str | None) -> float | None:
-    try:
-        return float(text) if text not in (None, "") else None
-    except ValueError:
-        return None
-
-
 def read_per_class(job_dir: Path) -> list[dict[str, Any]]:
     """per_class.csv rows: ``class`` as text, every other column a float (None when empty); [] if absent."""
     path = job_dir / PER_CLASS_FILE
@@ -232,6 +238,6 @@ def read_per_class(job_dir: Path) -> list[dict[str, Any]]:
         return []
     with path.open(newline="") as handle:
         return [
-            {key: text if key == "class" else _number(text) for key, text in row.items()}
+            {key: text if key == "class" else number(text, text=True) for key, text in row.items()}
             for row in csv.DictReader(handle)
         ]

@@ -19,8 +19,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
 
-from vaes4rs.report.collect import SAMPLES_DIR, ReportError, Selection
-from vaes4rs.report.table import dataset_label, model_label, order_datasets, order_models
+from vaes4rs.files import SAMPLES_DIR
+from vaes4rs.report.collect import ReportError, Selection
+from vaes4rs.report.labels import dataset_label, model_label, order_datasets, order_models
 
 FIGURE_FILES = ("figure.png", "figure.pdf")
 ORIGINALS = "originals"

@@ -15,18 +15,13 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from vaes4rs.report.collect import PER_CLASS_FILE, ReportError, Selection, read_per_class
+from vaes4rs.files import PER_CLASS_FILE
+from vaes4rs.report.collect import ReportError, Selection, read_per_class
+from vaes4rs.report.columns import METRIC_COLUMNS
 from vaes4rs.report.figure import figure_for
-from vaes4rs.report.table import (
-    METRIC_COLUMNS,
-    STAT_COLUMNS,
-    Cell,
-    PaperTable,
-    dataset_label,
-    model_label,
-    order_datasets,
-    order_models,
-)
+from vaes4rs.report.labels import dataset_label, model_label, order_datasets, order_models
+from vaes4rs.report.render import html_grid
+from vaes4rs.report.table import PaperTable
 
 REPORT_FILE = "report.html"
 STYLE = """
@@ -52,30 +47,6 @@ def _png(fig: Figure) -> str:
 
 def _img(fig: Figure, alt: str) -> str:
     return f'<img alt="{escape(alt)}" src="data:image/png;base64,{_png(fig)}">'
-
-
-def _html_grid(table: PaperTable, rows: list[tuple[str, list[Cell]]]) -> str:
-    n_sets = len(table.datasets)
-    arrows = {True: "↑", False: "↓"}
-    head = (
-        f'<tr><th colspan="{1 + len(STAT_COLUMNS)}"></th>'
-        + "".join(
-            f'<th class="group" colspan="{n_sets}">{escape(c.label)}{arrows[c.higher_is_better]}</th>'
-            for c in METRIC_COLUMNS
-        )
-        + "</tr><tr><th>Model</th>"
-        + "".join(f"<th>{escape(s.label)}</th>" for s in STAT_COLUMNS)
-        + "".join(f"<th>{escape(dataset_label(d))}</th>" for _, d in table.columns)
-        + "</tr>"
-    )
-    wrap = {"best": "<strong>{}</strong>", "second": "<u>{}</u>", "": "{}"}
-    body = "".join(
-        f"<tr><td>{escape(model_label(model))}</td>"
-        + "".join(f"<td>{wrap[cell.mark].format(escape(cell.text))}</td>" for cell in cells)
-        + "</tr>"
-        for model, cells in rows
-    )
-    return f"<table><thead>{head}</thead><tbody>{body}</tbody></table>"
 
 
 def per_class_chart(selection: Selection, dataset: str) -> Figure | None:
@@ -139,7 +110,7 @@ def render(selection: Selection, table: PaperTable, images_per_dataset: int = 2)
         f'<p class="note">Results: {escape(str(selection.root))} &middot; protocol '
         f"<code>{escape(selection.protocol)}</code> &middot; written {datetime.now():%Y-%m-%d %H:%M}</p>",
         "<h2>Paper table</h2>",
-        _html_grid(table, table.rows()),
+        html_grid(table, table.rows()),
         *(f'<p class="note">{escape(line)}</p>' for line in table.footnote),
     ]
     if table.failures:
@@ -148,7 +119,7 @@ def render(selection: Selection, table: PaperTable, images_per_dataset: int = 2)
         parts.append("</ul>")
     if table.published is not None:
         parts.append(f"<h3>This table minus the published numbers ({escape(table.published.path.name)})</h3>")
-        parts.append(_html_grid(table, table.diff_rows()))
+        parts.append(html_grid(table, table.diff_rows()))
     parts.append("<h2>Per-class results</h2>")
     for dataset in order_datasets(selection.datasets):
         parts.append(f"<h3>{escape(dataset_label(dataset))}</h3>")

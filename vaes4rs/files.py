@@ -1,0 +1,10 @@
+"""Names of the files a job writes: the contract between runs and reports, in one torch-free place."""
+
+from __future__ import annotations
+
+RESULT_FILE = "metrics.json"
+ERROR_FILE = "error.json"
+PER_IMAGE_FILE = "per_image.csv"
+PER_CLASS_FILE = "per_class.csv"
+SAMPLES_FILE = "samples.png"
+SAMPLES_DIR = "samples"

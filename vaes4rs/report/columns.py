@@ -1,0 +1,46 @@
+"""The paper table's columns: per-model stats, then each metric (one column per dataset).
+
+``METRIC_COLUMNS`` is the one place that names the table's metrics: their keys are the keys
+of metrics.json, the table's CSV columns and the W&B summary keys, so a number can be
+followed from a job to the paper without a rename. A module of its own because the table,
+its renderers, the published numbers and the HTML report's per-class charts all read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MetricColumn:
+    """A metric of the table: ``key`` in metrics.json, header label, direction, printed decimals."""
+
+    key: str
+    label: str
+    higher_is_better: bool
+    decimals: int
+
+
+METRIC_COLUMNS: tuple[MetricColumn, ...] = (
+    MetricColumn("psnr", "PSNR", higher_is_better=True, decimals=2),
+    MetricColumn("ssim", "SSIM", higher_is_better=True, decimals=3),
+    MetricColumn("lpips", "LPIPS", higher_is_better=False, decimals=3),
+    MetricColumn("fid", "FID", higher_is_better=False, decimals=2),
+)
+
+
+@dataclass(frozen=True)
+class StatColumn:
+    """A per-model column read from metrics.json's model_stats (the same for every dataset)."""
+
+    key: str
+    label: str
+    decimals: int
+
+
+STAT_COLUMNS: tuple[StatColumn, ...] = (
+    StatColumn("gflops", "GFLOPs", 2),
+    StatColumn("spatial_ratio", "Ratio", 0),
+    StatColumn("latent_channels", "Channels", 0),
+)
+GFLOPS_SIZE = "256x256"  # the study counts one encode+decode of a 1x3x256x256 input
