@@ -62,6 +62,10 @@ def image_folder(tmp_path: Path) -> Path:
 def compose_conf() -> Callable[..., DictConfig]:
     """Compose ``conf/<config_name>.yaml`` with overrides through Hydra's compose API, as the CLIs do."""
 
+    from vaes4rs.config import register_configs
+
+    register_configs()
+
     def compose_with(overrides: Sequence[str], config_name: str = "config") -> DictConfig:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return compose(config_name=config_name, overrides=list(overrides))

@@ -224,7 +224,7 @@ def test_two_by_two_sweep_and_a_failing_job(tiny_models: Path, tmp_path: Path) -
             for metric in ("psnr", "ssim"):
                 assert float(rows[model][f"{dataset}_{metric}"]) == pytest.approx(payload["metrics"][metric])
     markdown = (sweep / "paper_table.md").read_text()
-    assert "FLUX2-VAE on set_broken: CorruptImageError" in markdown  # failed jobs: N/A, named
+    assert "FLUX2-VAE on set_broken: PreflightError" in markdown  # failed jobs: N/A, named
     assert 'Protocol "paper"' in markdown
 
 
@@ -334,3 +334,86 @@ def test_both_protocols_end_to_end_with_every_default_metric(tiny_models: Path, 
     assert chosen.returncode == 0, chosen.stderr[-2000:]
     row = next(csv.DictReader((sweep / "paper_table.csv").open()))
     assert float(row["pairs_lpips"]) == pytest.approx(standard["metrics"]["lpips"])
+
+
+@pytest.mark.slow
+def test_sweeps_over_protocol_and_a_non_name_key_keep_every_job(tiny_models: Path, tmp_path: Path) -> None:
+    for i in range(4):
+        write_rgb(tmp_path / "set" / f"c{i % 2}" / f"{i}.png", 32, 32, seed=i)
+    sweep = tmp_path / "sweep"
+    common = [
+        "model=local",
+        f"model.path={tiny_models}",
+        "model.subfolder=SD21-VAE",
+        "dataset=folder",
+        f"dataset.root={tmp_path / 'set'}",
+        "logger=none",
+        "metric.lpips=false",
+        "metric.fid=false",
+        "run.device=cpu",
+        "dataset.num_workers=0",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    result = run_cli(["-m", *common, "metric=paper,standard", "metric.latent=sample,mode"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "4 job(s) launched, 4 done" in result.stdout + result.stderr
+    jobs = {}
+    for protocol in ("paper", "standard"):
+        for latent in ("sample", "mode"):
+            job = sweep / f"SD21-VAE-set__metric={protocol},metric.latent={latent}"
+            payload = json.loads((job / "metrics.json").read_text())
+            assert (payload["protocol"]["name"], payload["protocol"]["latent"]) == (protocol, latent)
+            jobs[job] = (job / "metrics.json").read_text()
+    # The same sweep with another fixed setting writes beside the first one's results, never over them.
+    again = run_cli(
+        ["-m", *common, "metric=paper,standard", "metric.latent=sample,mode", "run.n_samples=2"], cwd=tmp_path
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    for job, text in jobs.items():
+        assert (job / "metrics.json").read_text() == text
+        beside = job.parent / f"{job.name}-2"
+        assert json.loads((beside / "metrics.json").read_text())["config"]["run"]["n_samples"] == 2
+
+
+@pytest.mark.slow
+def test_a_single_run_on_bad_input_says_everything_and_touches_no_other_run(
+    tiny_models: Path, tmp_path: Path
+) -> None:
+    missing = run_cli(
+        [
+            "model=local",
+            f"model.path={tmp_path / 'no_model'}",
+            "dataset=folder",
+            f"dataset.root={tmp_path / 'no_images'}",
+            "logger=none",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+    )
+    said = missing.stdout + missing.stderr
+    assert missing.returncode == 2
+    assert "cannot start" in said and "no_model" in said and "no_images" in said
+    assert "Traceback" not in said
+    for i in range(2):
+        write_rgb(tmp_path / "set" / "c" / f"{i}.png", 32, 32, seed=i)
+    args = [
+        "model=local",
+        f"model.path={tiny_models}",
+        "model.subfolder=SD21-VAE",
+        "dataset=folder",
+        f"dataset.root={tmp_path / 'set'}",
+        "logger=none",
+        "metric.lpips=false",
+        "metric.fid=false",
+        "run.device=cpu",
+        "dataset.num_workers=0",
+        f"hydra.run.dir={tmp_path / 'done'}",
+    ]
+    assert run_cli(args, cwd=tmp_path).returncode == 0
+    before = (tmp_path / "done" / "metrics.json").read_text()
+    refused = run_cli([*args, "metric=standard"], cwd=tmp_path)
+    said = refused.stdout + refused.stderr
+    assert refused.returncode == 2 and "holds results of another config" in said
+    assert "metric.protocol: 'paper' -> 'standard'" in said
+    assert (tmp_path / "done" / "metrics.json").read_text() == before
+    assert not (tmp_path / "done" / "error.json").exists()

@@ -68,34 +68,50 @@ def test_pixel_rule_for_odd_formats(tmp_path: Path) -> None:
 
 
 def test_pixel_rule_rejects_multispectral() -> None:
-    with pytest.raises(ValueError, match="5 channels.*Select three bands"):
+    with pytest.raises(CorruptImageError, match="5 channels.*Select three bands") as error:
         to_rgb_uint8(np.zeros((8, 8, 5), dtype=np.uint8), "x.tif")
+    assert error.value.reason == "too_many_channels"
 
 
 def test_corrupt_image_named_or_skipped(image_folder: Path) -> None:
     bad = image_folder / "forest" / "forest_9.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
     cfg = DatasetConfig(name="scenes", source="folder", root=str(image_folder), num_workers=0)
-    with pytest.raises(CorruptImageError, match=r"forest_9\.jpg.*skip_corrupt=true"):
+    with pytest.raises(CorruptImageError, match=r"(?s)forest_9\.jpg.*skip_corrupt=true"):
         prepare(cfg, batch_size=4, pin_memory=False)
     cfg.skip_corrupt = True
     prepared = prepare(cfg, batch_size=4, pin_memory=False)
-    assert [r.path.name for r, _ in prepared.skipped] == ["forest_9.jpg"]
+    assert [(r.path.name, reason) for r, reason, _ in prepared.skipped] == [("forest_9.jpg", "unreadable")]
     assert len(prepared.records) == 6
 
 
-def test_truncated_jpeg_fails_at_decode_with_its_name(image_folder: Path) -> None:
+def test_truncated_jpeg_is_found_before_the_work(image_folder: Path) -> None:
     path = image_folder / "forest" / "forest_8.jpg"
     write_rgb(path, 64, 64, seed=3)
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * 0.7)])  # header intact, pixels cut
     cfg = DatasetConfig(name="scenes", source="folder", root=str(image_folder), num_workers=0)
-    prepared = prepare(cfg, batch_size=8, pin_memory=False)
-    with pytest.raises(CorruptImageError, match="forest_8.jpg"):
-        list(prepared.loader)
+    with pytest.raises(CorruptImageError, match=r"(?s)\[truncated\].*forest_8.jpg"):
+        prepare(cfg, batch_size=8, pin_memory=False)
     cfg.skip_corrupt = True
+    prepared = prepare(cfg, batch_size=8, pin_memory=False)
+    assert [(r.path.name, reason) for r, reason, _ in prepared.skipped] == [("forest_8.jpg", "truncated")]
+    assert sum(len(b["records"]) for b in prepared.loader) == 6
+
+
+def test_decoding_errors_come_back_from_workers_naming_the_file(image_folder: Path) -> None:
+    """A file whose header passes but whose pixels do not decode: the batch carries the error."""
+    path = image_folder / "forest" / "forest_8.png"
+    write_rgb(path, 64, 64, seed=3)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 20] = bytes(20)  # inside the pixel data: the header is intact
+    path.write_bytes(bytes(data))
+    cfg = DatasetConfig(name="scenes", source="folder", root=str(image_folder), num_workers=1)
     batches = list(prepare(cfg, batch_size=8, pin_memory=False).loader)
-    assert [r.path.name for b in batches for r, _ in b["skipped"]] == ["forest_8.jpg"]
+    ((record, error),) = [item for b in batches for item in b["skipped"]]
+    assert record.path.name == "forest_8.png" and "forest_8.png" in str(error)
+    assert isinstance(error, CorruptImageError)
 
 
 def test_batches_have_one_size_and_cover_every_image(image_folder: Path) -> None:

@@ -6,11 +6,16 @@ invalid choices before a single image is read, so a sweep never dies an hour in.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import typing
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+
+from vaes4rs.errors import ConfigError
 
 
 class Choice(str, Enum):
@@ -130,7 +135,12 @@ class DatasetConfig:
     classes: list[str] | None = None
     limit_per_class: int | None = None
     resize: list[int] | None = None  # [H, W]; None keeps native size
+    # Skip every file the pre-flight check or decoding finds bad (counted by reason in
+    # metrics.json) instead of stopping before the work with the list of them.
     skip_corrupt: bool = False
+    # Images with more pixels than this are refused before the work (memory grows with the
+    # image: a 6000x6000 image needs several GB through an SD-class VAE); tile such scenes.
+    max_pixels: int = 4096 * 4096
     num_workers: int = 2
 
 
@@ -200,36 +210,74 @@ def _check_metric(metric: MetricConfig) -> None:
     """The metric group's bounds (kept apart so validate() stays a flat list)."""
     unknown = sorted(set(metric.weights) - set(METRIC_WEIGHT_KEYS))
     if unknown:
-        raise ValueError(f"metric.weights: unknown key(s) {unknown}; valid: {', '.join(METRIC_WEIGHT_KEYS)}")
+        raise ConfigError(f"metric.weights: unknown key(s) {unknown}; valid: {', '.join(METRIC_WEIGHT_KEYS)}")
     if metric.bootstrap < 0:
-        raise ValueError(f"metric.bootstrap must be >= 0, got {metric.bootstrap}")
+        raise ConfigError(f"metric.bootstrap must be >= 0, got {metric.bootstrap}")
     if metric.bootstrap and metric.pool_size != 1:
-        raise ValueError(
+        raise ConfigError(
             "metric.bootstrap gives a CI of the per-image mean, so it needs metric.pool_size=1 "
             f"(got {metric.pool_size}); set metric.bootstrap=0 to keep group pooling"
         )
     if metric.kid_subsets < 1 or metric.kid_subset_size < 2:
-        raise ValueError("metric.kid_subsets must be >= 1 and metric.kid_subset_size >= 2")
+        raise ConfigError("metric.kid_subsets must be >= 1 and metric.kid_subset_size >= 2")
+
+
+def unknown_keys(cfg: DictConfig, schema: type, prefix: str = "") -> list[str]:
+    """Keys of ``cfg`` the schema does not have, with a suggestion each.
+
+    Hydra's ``+key=value`` adds a key that the schema merge then drops without a word, so a
+    misspelt ``+run.bach_size=4`` would run with the default batch size.
+    """
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    problems = []
+    for key in cfg:
+        path = f"{prefix}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            problems.append(f"unknown key {path}{hint}; valid keys: {', '.join(fields)}")
+            continue
+        child_type = fields[key].type
+        child_type = typing.get_type_hints(schema)[key] if isinstance(child_type, str) else child_type
+        if dataclasses.is_dataclass(child_type) and isinstance(cfg[key], DictConfig):
+            problems.extend(unknown_keys(cfg[key], child_type, f"{path}."))
+    return problems
+
+
+def _check_positive(key: str, value: int | None, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or value < 1:
+        raise ConfigError(f"{key} must be a positive integer, got {value}")
 
 
 def validate(cfg: DictConfig) -> RunConfig:
     """Merge the composed config into the schema (types and choices) and check what types cannot."""
+    problems = unknown_keys(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), RunConfig)
+    if problems:
+        raise ConfigError("; ".join(problems))
     merged = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
     run_cfg: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
     model, dataset, metric = run_cfg.model, run_cfg.dataset, run_cfg.metric
     _check_metric(metric)
     if model.loader == "diffusers" and not (model.path or model.repo):
-        raise ValueError(f"model '{model.name}': set model.path=<dir> or model.repo=<hub id>")
+        raise ConfigError(f"model '{model.name}': set model.path=<dir> or model.repo=<hub id>")
     if dataset.source == "folder" and not dataset.root:
-        raise ValueError("dataset=folder needs dataset.root=<dir with one sub-folder per class>")
+        raise ConfigError("dataset=folder needs dataset.root=<dir with one sub-folder per class>")
     if dataset.source == "hub" and not dataset.repo:
-        raise ValueError(f"dataset '{dataset.name}': source=hub needs dataset.repo")
-    if dataset.resize is not None and len(dataset.resize) != 2:
-        raise ValueError(f"dataset.resize must be [H, W], got {dataset.resize}")
-    if metric.pool_size < 1:
-        raise ValueError(f"metric.pool_size must be >= 1, got {metric.pool_size}")
-    if run_cfg.run.batch_size < 1:
-        raise ValueError(f"run.batch_size must be >= 1, got {run_cfg.run.batch_size}")
+        raise ConfigError(f"dataset '{dataset.name}': source=hub needs dataset.repo")
+    if dataset.resize is not None and (len(dataset.resize) != 2 or min(dataset.resize) < 1):
+        raise ConfigError(f"dataset.resize must be [H, W] with positive sides, got {dataset.resize}")
+    _check_positive("dataset.limit_per_class", dataset.limit_per_class)
+    _check_positive("dataset.max_pixels", dataset.max_pixels, allow_none=False)
+    if dataset.num_workers < 0:
+        raise ConfigError(f"dataset.num_workers must be >= 0, got {dataset.num_workers}")
+    if dataset.classes is not None and not dataset.classes:
+        raise ConfigError("dataset.classes is an empty list; leave it unset (null) to use every class")
+    _check_positive("metric.pool_size", metric.pool_size, allow_none=False)
+    _check_positive("run.batch_size", run_cfg.run.batch_size, allow_none=False)
+    if run_cfg.run.n_samples < 0:
+        raise ConfigError(f"run.n_samples must be >= 0, got {run_cfg.run.n_samples}")
     return run_cfg
 
 

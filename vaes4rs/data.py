@@ -7,13 +7,22 @@ Pixel rule (applied to every file, documented in the README):
 - Grayscale is replicated to three channels; an alpha channel is dropped (not composited);
   palette images are expanded to RGB through their palette. More than four channels
   (multispectral) is an error: pick three bands first.
+- Float images with values outside [0, 1] are an error (clipping them would score an
+  all-white image without a word).
+- EXIF orientation is not applied: the study's loaders ignore it, and applying it would
+  change the pixels compared with the study's; files that carry a rotation are counted in a
+  warning.
+
+Before any work, ``scan`` reads every file's header (size, channels, pixel type, truncation)
+and returns every problem with its reason, so a bad file is found in seconds, not hours in.
 """
 
 from __future__ import annotations
 
 import logging
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,15 +33,24 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vaes4rs.config import DatasetConfig
+from vaes4rs.errors import InputError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")
 TIFF_SUFFIXES = (".tif", ".tiff")
+# uint16 files whose largest value is below this use at most 12 bits (most sensors, Sentinel-2
+# L2A): ``round(v / 257)`` maps them to at most 16 of 256 levels, a nearly black image.
+LOW_BIT_DEPTH_MAX = 4096
+RANGE_SAMPLE = 16  # uint16 / float files whose pixels the scan reads to check their value range
 
 
-class CorruptImageError(RuntimeError):
-    """An image file that cannot be decoded; names the file."""
+class CorruptImageError(InputError):
+    """An image file that cannot be used; names the file and says why (``reason``, a short code)."""
+
+    def __init__(self, message: str, reason: str = "unreadable") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -52,12 +70,13 @@ def to_rgb_uint8(array: np.ndarray, source: str) -> np.ndarray:
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3:
-        raise ValueError(f"{source}: unsupported image shape {array.shape}")
+        raise CorruptImageError(f"{source}: unsupported image shape {array.shape}", "unsupported_shape")
     channels = array.shape[-1]
     if channels > 4:
-        raise ValueError(
+        raise CorruptImageError(
             f"{source}: {channels} channels; vaes4rs reads RGB, grayscale or RGBA images. "
-            "Select three bands (e.g. with rasterio or gdal_translate -b) first."
+            "Select three bands (e.g. with rasterio or gdal_translate -b) first.",
+            "too_many_channels",
         )
     if array.dtype == np.uint8:
         pixels = array
@@ -66,10 +85,18 @@ def to_rgb_uint8(array: np.ndarray, source: str) -> np.ndarray:
     elif array.dtype == bool:
         pixels = array.astype(np.uint8) * 255
     elif np.issubdtype(array.dtype, np.floating):
-        pixels = np.round(np.clip(array.astype(np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
+        low, high = float(np.nanmin(array)), float(np.nanmax(array))
+        if not (0.0 <= low and high <= 1.0):  # also false for NaN
+            raise CorruptImageError(
+                f"{source}: float pixels must lie in [0, 1], found [{low:g}, {high:g}]; "
+                "rescale the file to [0, 1] (or to 8/16-bit integers) first",
+                "out_of_range",
+            )
+        pixels = np.round(array.astype(np.float64) * 255.0).astype(np.uint8)
     else:
-        raise ValueError(
-            f"{source}: pixel type {array.dtype} is not supported (uint8, uint16, float in [0,1])"
+        raise CorruptImageError(
+            f"{source}: pixel type {array.dtype} is not supported (uint8, uint16, float in [0,1])",
+            "unsupported_pixel_type",
         )
     if channels in (2, 4):
         pixels = pixels[..., :-1]  # drop alpha
@@ -92,29 +119,105 @@ def read_image(path: Path) -> np.ndarray:
                 array = np.asarray(img)
                 if img.mode == "I;16" or array.dtype.byteorder == ">":
                     array = array.astype(np.uint16)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise CorruptImageError(f"cannot read image {path}: {exc}") from exc
     return to_rgb_uint8(array, str(path))
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """(H, W) from the file header without decoding pixels."""
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a file's header says, read without decoding its pixels."""
+
+    height: int
+    width: int
+    channels: int
+    dtype: str  # numpy name of the decoded pixels: uint8, uint16, float32, bool, ...
+    rotated: bool  # an EXIF orientation other than "normal" (not applied, see the pixel rule)
+
+
+_PIL_DTYPES = {"1": "bool", "I": "int32", "F": "float32"}
+_PIL_AS_RGB = ("CMYK", "YCbCr", "LAB", "HSV")  # converted to RGB when decoded
+_SUPPORTED_DTYPES = ("uint8", "uint16", "bool")
+
+
+def _tiff_header(path: Path) -> ImageHeader:
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages.first
+        shape, dtype = tif.series[0].shape, tif.series[0].dtype
+        end = max((o + n for o, n in zip(page.dataoffsets, page.databytecounts)), default=0)
+    if end > path.stat().st_size:
+        raise CorruptImageError(f"{path}: truncated (pixel data ends past the end of the file)", "truncated")
+    if len(shape) == 3 and shape[0] in (1, 3, 4) and shape[-1] not in (1, 2, 3, 4):
+        shape = (*shape[1:], shape[0])  # planar (C, H, W)
+    channels = shape[2] if len(shape) == 3 else 1
+    return ImageHeader(int(shape[0]), int(shape[1]), int(channels), str(dtype), rotated=False)
+
+
+def _has_end_marker(path: Path, marker: bytes) -> bool:
+    """Whether ``marker`` appears in the file's last 4 KiB (cheap truncation check)."""
+    with path.open("rb") as handle:
+        handle.seek(max(0, path.stat().st_size - 4096))
+        return marker in handle.read()
+
+
+def _pil_header(path: Path) -> ImageHeader:
+    with Image.open(path) as img:
+        width, height = img.size
+        mode, image_format = img.mode, img.format
+        # EXIF sits in the header of JPEG and WebP; for PNG, getexif() would decode the whole image.
+        rotated = image_format in ("JPEG", "WEBP") and img.getexif().get(0x0112, 1) not in (0, 1)
+    if image_format == "JPEG" and not _has_end_marker(path, b"\xff\xd9"):
+        raise CorruptImageError(f"{path}: truncated JPEG (no end-of-image marker)", "truncated")
+    if image_format == "PNG" and not _has_end_marker(path, b"IEND"):
+        raise CorruptImageError(f"{path}: truncated PNG (no IEND chunk)", "truncated")
+    channels = 3 if mode in _PIL_AS_RGB else Image.getmodebands(mode)
+    dtype = "uint16" if mode.startswith("I;16") else _PIL_DTYPES.get(mode, "uint8")
+    return ImageHeader(height, width, channels, dtype, rotated)
+
+
+def read_header(path: Path) -> ImageHeader:
+    """Size, channels and pixel type from the header; CorruptImageError (with a reason) when unusable."""
     try:
-        if path.suffix.lower() in TIFF_SUFFIXES:
-            with tifffile.TiffFile(path) as tif:
-                shape = tif.series[0].shape
-            if len(shape) == 3 and shape[0] in (1, 3, 4) and shape[-1] not in (1, 2, 3, 4):
-                return int(shape[1]), int(shape[2])
-            return int(shape[0]), int(shape[1])
-        with Image.open(path) as img:
-            width, height = img.size
-            return height, width
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, IndexError) as exc:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise CorruptImageError(
+            f"{path}: the file name is not valid UTF-8 ({path.name!a}); rename the file", "bad_file_name"
+        ) from exc
+    try:
+        header = _tiff_header(path) if path.suffix.lower() in TIFF_SUFFIXES else _pil_header(path)
+    except Image.DecompressionBombError as exc:
+        raise CorruptImageError(f"{path}: {exc}", "too_large") from exc
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, IndexError, KeyError) as exc:
         raise CorruptImageError(f"cannot read image {path}: {exc}") from exc
+    if header.channels > 4:
+        raise CorruptImageError(
+            f"{path}: {header.channels} channels; vaes4rs reads RGB, grayscale or RGBA images. "
+            "Select three bands (e.g. with rasterio or gdal_translate -b) first.",
+            "too_many_channels",
+        )
+    if header.dtype not in _SUPPORTED_DTYPES and not header.dtype.startswith("float"):
+        raise CorruptImageError(
+            f"{path}: pixel type {header.dtype} is not supported (uint8, uint16, float in [0,1])",
+            "unsupported_pixel_type",
+        )
+    return header
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _has_images_below(folder: Path) -> bool:
+    return any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*"))
 
 
 def list_images(root: Path, classes: Sequence[str] | None, limit_per_class: int | None) -> list[ImageRecord]:
-    """Class folders sorted by name, files sorted by name: the order every result uses."""
+    """Class folders sorted by name, files sorted by name: the order every result uses.
+
+    A class folder with no images but with image folders below it means the root is one
+    level too high (``rs-samples/`` instead of ``rs-samples/resisc45/``): an error that names
+    the folders it could have meant, never a run on whatever loose files happen to be there.
+    """
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root {root} does not exist or is not a directory")
     available = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -127,18 +230,37 @@ def list_images(root: Path, classes: Sequence[str] | None, limit_per_class: int 
         chosen = sorted(set(classes))
     else:
         chosen = available
+    files = {label: _image_files(root / label) for label in chosen}
+    nested = [label for label in chosen if not files[label] and _has_images_below(root / label)]
+    if nested:
+        raise FileNotFoundError(
+            f"dataset root {root}: class folder(s) {nested} hold no images but sub-folders with images; "
+            "the root looks one level too high. Did you mean "
+            + " or ".join(f"dataset.root={root / label}" for label in nested)
+            + "?"
+        )
+    empty = [label for label in chosen if not files[label]]
+    if empty and classes:
+        raise FileNotFoundError(f"dataset.classes: class folder(s) {empty} in {root} hold no images")
+    if empty:
+        log.warning("class folder(s) without images, left out: %s", ", ".join(empty))
     records: list[ImageRecord] = []
     for label in chosen:
-        files = sorted(
-            p for p in (root / label).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        )
-        if limit_per_class is not None:
-            files = files[:limit_per_class]
-        for path in files:
+        for path in files[label][:limit_per_class]:
             records.append(ImageRecord(len(records), f"{label}/{path.name}", label, path))
     if not records:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in the class folders of {root}")
     return records
+
+
+def ignored_files(root: Path, labels: Iterable[str]) -> dict[str, int]:
+    """Files in the class folders that are not read (other suffixes), counted by suffix."""
+    counts: Counter[str] = Counter()
+    for label in labels:
+        for path in (root / label).iterdir():
+            if path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES:
+                counts[path.suffix.lower() or "(no suffix)"] += 1
+    return dict(sorted(counts.items()))
 
 
 def resolve_root(cfg: DatasetConfig) -> Path:
@@ -153,7 +275,7 @@ def resolve_root(cfg: DatasetConfig) -> Path:
     try:
         snapshot = Path(snapshot_download(cfg.repo, repo_type="dataset", revision=cfg.revision))
     except LocalEntryNotFoundError as exc:
-        raise RuntimeError(
+        raise InputError(
             f"dataset '{cfg.name}': hub dataset {cfg.repo} (revision {cfg.revision or 'main'}) "
             "is not in the Hugging Face cache and the hub cannot be reached (offline?). "
             f"On a connected machine run `hf download {cfg.repo} --repo-type dataset` "
@@ -180,12 +302,15 @@ def _extract_once(archive: Path) -> Path:
 
 
 class ImageFolderSource(Dataset):
-    """Yields one record's pixels (CHW uint8) or, for a corrupt file when skipping, None."""
+    """Yields one record's pixels (CHW uint8), or the reason it could not be decoded.
 
-    def __init__(self, records: list[ImageRecord], resize: Sequence[int] | None, skip_corrupt: bool) -> None:
+    A decoding error never escapes a worker (where it would arrive as a long traceback): it
+    travels back with the batch, and the loop stops on it naming the file, or skips and counts it.
+    """
+
+    def __init__(self, records: list[ImageRecord], resize: Sequence[int] | None) -> None:
         self.records = records
         self.resize = tuple(resize) if resize else None
-        self.skip_corrupt = skip_corrupt
 
     def __len__(self) -> int:
         return len(self.records)
@@ -195,9 +320,9 @@ class ImageFolderSource(Dataset):
         try:
             pixels = read_image(record.path)
         except CorruptImageError as exc:
-            if not self.skip_corrupt:
-                raise
-            return {"record": record, "image": None, "error": str(exc)}
+            return {"record": record, "image": None, "error": exc}
+        except Exception as exc:  # anything else a decoder raises is still this file's problem
+            return {"record": record, "image": None, "error": CorruptImageError(f"{record.path}: {exc}")}
         image = torch.from_numpy(pixels).permute(2, 0, 1)
         if self.resize and tuple(image.shape[1:]) != self.resize:
             from torchvision.transforms.v2.functional import resize
@@ -236,41 +361,166 @@ def collate(items: list[dict]) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class FileProblem:
+    """A file that cannot be evaluated: which, a short reason code, and the message."""
+
+    record: ImageRecord
+    reason: str
+    message: str
+
+
+@dataclass
+class DatasetScan:
+    """Every file of the set checked from its header, before any model is loaded."""
+
+    root: Path
+    records: list[ImageRecord]  # usable, in dataset order
+    sizes: list[tuple[int, int]]  # (H, W) each record is evaluated at
+    problems: list[FileProblem]
+    ignored: dict[str, int]  # suffix -> files in class folders that are not images
+    warnings: list[str]
+
+    def class_counts(self) -> dict[str, int]:
+        return dict(Counter(record.label for record in self.records))
+
+
+def _check_value_ranges(
+    records: Sequence[ImageRecord], headers: Sequence[ImageHeader]
+) -> tuple[list[str], list[FileProblem]]:
+    """Read a few uint16/float files whole: low bit depth warns, floats outside [0, 1] are problems."""
+    warnings: list[str] = []
+    problems: list[FileProblem] = []
+    deep = [(r, h) for r, h in zip(records, headers) if h.dtype == "uint16"][:RANGE_SAMPLE]
+    floats = [(r, h) for r, h in zip(records, headers) if h.dtype.startswith("float")][:RANGE_SAMPLE]
+    if deep:
+        highest = max(int(_raw_pixels(r.path).max()) for r, _ in deep)
+        if highest < LOW_BIT_DEPTH_MAX:
+            warnings.append(
+                f"16-bit images use values up to {highest} only (of 65535; checked {len(deep)} files): "
+                f"the pixel rule round(v / 257) maps them to at most {round(highest / 257)} of 255, a "
+                "nearly black image. Stretch them to 8 bit first if that is not what you want to score."
+            )
+    for record, _ in floats:
+        try:
+            to_rgb_uint8(_raw_pixels(record.path), str(record.path))
+        except CorruptImageError as exc:
+            problems.append(FileProblem(record, exc.reason, str(exc)))
+    return warnings, problems
+
+
+def _raw_pixels(path: Path) -> np.ndarray:
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        return tifffile.imread(path)
+    with Image.open(path) as img:
+        return np.asarray(img)
+
+
+def scan(cfg: DatasetConfig, min_side: int = 1) -> DatasetScan:
+    """List the set and check every file's header against what the job needs.
+
+    ``min_side``: the smallest image side the model (its spatial multiple) and the metrics
+    (SSIM's window, MS-SSIM's scales) can take; ``cfg.max_pixels`` the largest image.
+    """
+    root = resolve_root(cfg)
+    listed = list_images(root, cfg.classes, cfg.limit_per_class)
+    records: list[ImageRecord] = []
+    headers: list[ImageHeader] = []
+    problems: list[FileProblem] = []
+    for record in listed:
+        try:
+            header = read_header(record.path)
+        except CorruptImageError as exc:
+            problems.append(FileProblem(record, exc.reason, str(exc)))
+            continue
+        size = (cfg.resize[0], cfg.resize[1]) if cfg.resize else (header.height, header.width)
+        if header.height * header.width > cfg.max_pixels:
+            problems.append(
+                FileProblem(
+                    record,
+                    "too_large",
+                    f"{record.path}: {header.height}x{header.width} has more pixels than dataset.max_pixels="
+                    f"{cfg.max_pixels}; evaluate such scenes in tiles, or raise dataset.max_pixels",
+                )
+            )
+        elif min(size) < min_side:
+            problems.append(
+                FileProblem(
+                    record,
+                    "too_small",
+                    f"{record.path}: {size[0]}x{size[1]} is smaller than the minimum side {min_side} "
+                    "(the model's spatial multiple and the metrics' windows)",
+                )
+            )
+        else:
+            records.append(record)
+            headers.append(header)
+    warnings, range_problems = _check_value_ranges(records, headers)
+    bad = {problem.record.index for problem in range_problems}
+    problems = sorted([*problems, *range_problems], key=lambda problem: problem.record.index)
+    kept = [(r, h) for r, h in zip(records, headers) if r.index not in bad]
+    rotated = sum(h.rotated for _, h in kept)
+    if rotated:
+        warnings.append(
+            f"{rotated} image(s) carry an EXIF rotation, which is not applied (as in the study's loaders)"
+        )
+    sizes = [(cfg.resize[0], cfg.resize[1]) if cfg.resize else (h.height, h.width) for _, h in kept]
+    labels = sorted({record.label for record in listed})
+    return DatasetScan(
+        root,
+        [r for r, _ in kept],
+        sizes,
+        problems,
+        ignored_files(root, labels),
+        warnings,
+    )
+
+
+def problems_report(problems: Sequence[FileProblem], limit: int = 200) -> str:
+    """Every problem file with its reason, one per line (the first ``limit`` of them)."""
+    counts = Counter(problem.reason for problem in problems)
+    lines = [
+        f"{len(problems)} file(s) cannot be evaluated ("
+        + ", ".join(f"{k}: {v}" for k, v in counts.items())
+        + "):"
+    ]
+    lines += [f"  [{p.reason}] {p.message}" for p in problems[:limit]]
+    if len(problems) > limit:
+        lines.append(f"  ... and {len(problems) - limit} more")
+    return "\n".join(lines)
+
+
 @dataclass
 class PreparedDataset:
     root: Path
     records: list[ImageRecord]
-    skipped: list[tuple[ImageRecord, str]]  # unreadable headers, found while indexing
+    skipped: list[tuple[ImageRecord, str, str]]  # (record, reason, message) found by the scan
     loader: DataLoader
+    scan: DatasetScan
 
 
-def prepare(cfg: DatasetConfig, batch_size: int, pin_memory: bool) -> PreparedDataset:
-    """List, size-check and batch the dataset; headers are read here, pixels in workers."""
-    root = resolve_root(cfg)
-    records = list_images(root, cfg.classes, cfg.limit_per_class)
-    sizes: list[tuple[int, int]] = []
-    kept: list[ImageRecord] = []
-    skipped: list[tuple[ImageRecord, str]] = []
-    for record in records:
-        try:
-            size = image_size(record.path)
-        except CorruptImageError as exc:
-            if not cfg.skip_corrupt:
-                raise CorruptImageError(
-                    f"{exc} (set dataset.skip_corrupt=true to skip and count such files)"
-                ) from exc
-            log.warning("skipping corrupt image: %s", exc)
-            skipped.append((record, str(exc)))
-            continue
-        kept.append(record)
-        sizes.append(tuple(cfg.resize) if cfg.resize else size)  # type: ignore[arg-type]
-    source = ImageFolderSource(kept, cfg.resize, cfg.skip_corrupt)
+def prepare(cfg: DatasetConfig, batch_size: int, pin_memory: bool, min_side: int = 1) -> PreparedDataset:
+    """Scan the set (every header, before any work), then batch it; pixels are decoded in workers.
+
+    Problem files stop the job here, all of them listed, unless ``dataset.skip_corrupt`` skips them.
+    """
+    found = scan(cfg, min_side)
+    for warning in found.warnings:
+        log.warning("dataset %s: %s", cfg.name, warning)
+    if found.problems and not cfg.skip_corrupt:
+        raise CorruptImageError(
+            problems_report(found.problems) + "\n(set dataset.skip_corrupt=true to skip and count such files)"
+        )
+    for problem in found.problems:
+        log.warning("skipping %s", problem.message)
+    source = ImageFolderSource(found.records, cfg.resize)
     loader = DataLoader(
         source,
-        batch_sampler=SameSizeBatches(sizes, batch_size),
+        batch_sampler=SameSizeBatches(found.sizes, batch_size),
         num_workers=cfg.num_workers,
         collate_fn=collate,
         pin_memory=pin_memory,
         persistent_workers=False,
     )
-    return PreparedDataset(root, kept, skipped, loader)
+    skipped = [(problem.record, problem.reason, problem.message) for problem in found.problems]
+    return PreparedDataset(found.root, found.records, skipped, loader, found)

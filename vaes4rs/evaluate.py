@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,13 @@ from tqdm import tqdm
 
 from vaes4rs import files, results
 from vaes4rs.config import RunConfig
-from vaes4rs.data import prepare
-from vaes4rs.device import pick_device, resolve_dtype
+from vaes4rs.data import CorruptImageError, ImageRecord
+from vaes4rs.device import resolve_dtype
 from vaes4rs.metrics.suite import MetricSuite
 from vaes4rs.models.adapter import VAEAdapter
 from vaes4rs.models.cost import model_stats
 from vaes4rs.models.zoo import load_vae
+from vaes4rs.preflight import ReadyJob
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +34,31 @@ def to_minus_one_one(images: torch.Tensor) -> torch.Tensor:
     return (images.float() / 255.0 - 0.5) / 0.5
 
 
-def evaluate(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
-    """Run one (model, dataset, protocol) job and write its result files into ``out_dir``."""
-    device = pick_device(cfg.run.device)
+def _row(record: ImageRecord, height: int, width: int) -> dict[str, Any]:
+    return {
+        "index": record.index,
+        "image_id": record.image_id,
+        "class": record.label,
+        "height": height,
+        "width": width,
+    }
+
+
+def evaluate(cfg: RunConfig, out_dir: Path, ready: ReadyJob) -> dict[str, Any]:
+    """Run one (model, dataset, protocol) job, checked by the pre-flight, writing into ``out_dir``."""
+    device, dataset = ready.device, ready.dataset
     dtype = resolve_dtype(cfg.model.dtype, device)
-    dataset = prepare(cfg.dataset, cfg.run.batch_size, pin_memory=device.type == "cuda")
-    log.info("dataset %s: %d images from %s", cfg.dataset.name, len(dataset.records), dataset.root)
+    classes = dataset.scan.class_counts()
+    log.info(
+        "dataset %s: %d images in %d classes from %s: %s",
+        cfg.dataset.name,
+        len(dataset.records),
+        len(classes),
+        dataset.root,
+        ", ".join(f"{label} ({n})" for label, n in classes.items()),
+    )
+    if dataset.scan.ignored:
+        log.warning("files in the class folders that are not images, ignored: %s", dataset.scan.ignored)
     module = load_vae(cfg.model, device, dtype)
     adapter = VAEAdapter(
         module,
@@ -48,7 +69,7 @@ def evaluate(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     )
     suite = MetricSuite(cfg.metric, device, dtype)
     writer = results.PerImageWriter(out_dir / files.PER_IMAGE_FILE, suite.columns)
-    skipped = list(dataset.skipped)
+    skipped = [(record, reason, message) for record, reason, message in dataset.skipped]
     sample_ids = results.choose_sample_ids([r.image_id for r in dataset.records], cfg.run.n_samples)
     samples: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # image_id -> (original, recon)
     n_images = 0
@@ -61,7 +82,13 @@ def evaluate(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     )
     try:
         for batch in dataset.loader:
-            skipped.extend(batch["skipped"])
+            for record, error in batch["skipped"]:
+                if not cfg.dataset.skip_corrupt:
+                    raise CorruptImageError(
+                        f"{error} (set dataset.skip_corrupt=true to skip and count such files)"
+                    )
+                log.warning("skipping %s", error)
+                skipped.append((record, error.reason, str(error)))
             if batch["images"] is None:
                 continue
             records = batch["records"]
@@ -71,13 +98,7 @@ def evaluate(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
             columns = suite.update(recon, original)
             rows = []
             for i, record in enumerate(records):
-                row = {
-                    "index": record.index,
-                    "image_id": record.image_id,
-                    "class": record.label,
-                    "height": int(images.shape[-2]),
-                    "width": int(images.shape[-1]),
-                }
+                row = _row(record, int(images.shape[-2]), int(images.shape[-1]))
                 row.update({key: float(values[i]) for key, values in columns.items()})
                 rows.append(row)
                 if record.image_id in sample_ids:
@@ -91,17 +112,19 @@ def evaluate(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         writer.close()
     seconds = time.perf_counter() - start
     if n_images == 0:
-        raise RuntimeError(f"dataset '{cfg.dataset.name}': every image was skipped as corrupt")
-    for record, error in skipped:
-        log.warning("skipped corrupt image %s: %s", record.path, error)
+        raise CorruptImageError(f"dataset '{cfg.dataset.name}': every image was skipped")
+    writer.rewrite_in_dataset_order()
     table = writer.table()
     metrics = suite.finalize(table)
-    results.write_per_class(out_dir / files.PER_CLASS_FILE, table, suite.columns)
+    results.write_per_class(out_dir / files.PER_CLASS_FILE, table, suite)
     if samples:
         ordered = [samples[image_id] for image_id in sample_ids if image_id in samples]
         results.save_samples(samples, out_dir / files.SAMPLES_DIR)
         results.save_sample_grid(
-            [o for o, _ in ordered], [r for _, r in ordered], out_dir / files.SAMPLES_FILE
+            [o for o, _ in ordered],
+            [r for _, r in ordered],
+            out_dir / files.SAMPLES_FILE,
+            ("original", f"{cfg.model.name}"),
         )
     payload: dict[str, Any] = {
         "model": cfg.model.name,
@@ -109,7 +132,9 @@ def evaluate(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         "protocol": suite.protocol(),
         "n_images": n_images,
         "n_skipped": len(skipped),
-        "skipped": [{"image_id": r.image_id, "error": e} for r, e in skipped],
+        "skipped_by_reason": dict(Counter(reason for _, reason, _ in skipped)),
+        "skipped": [{"image_id": r.image_id, "reason": reason, "error": e} for r, reason, e in skipped],
+        "ignored_files": dataset.scan.ignored,
         "metrics": metrics,
         "model_stats": model_stats(module, adapter),
         "timing": {

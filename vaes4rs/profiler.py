@@ -68,6 +68,10 @@ def register_profile_config() -> None:
     """Type conf/profile.yaml by ``ProfileConfig`` (its ``profile_schema`` default): typos fail at once."""
     register_configs()
     ConfigStore.instance().store(name="profile_schema", node=ProfileConfig)
+    # The run folder names what was profiled: "table" for the study table, else the model.
+    OmegaConf.register_new_resolver(
+        "vaes4rs.profile_label", lambda table, model: "table" if table else model, replace=True
+    )
 
 
 register_profile_config()

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from vaes4rs.metrics.suite import MetricSuite
+
 ID_COLUMNS = ("index", "image_id", "class", "height", "width")
 
 
@@ -41,6 +43,16 @@ class PerImageWriter:
 
     def close(self) -> None:
         self._file.close()
+
+    def rewrite_in_dataset_order(self) -> None:
+        """Rows were appended as batches finished (batches group equal sizes); the final file is in
+        dataset order, replaced atomically so a crash leaves one complete version or the other."""
+        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        with tmp.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(self.columns)
+            writer.writerows(sorted(self._rows, key=lambda values: values[0]))
+        tmp.replace(self.path)
 
     def table(self) -> dict[str, np.ndarray]:
         """All rows so far as columns, sorted into dataset order."""
@@ -92,20 +104,31 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def save_sample_grid(originals: Sequence[torch.Tensor], recons: Sequence[torch.Tensor], path: Path) -> None:
-    """Originals (top row) above their reconstructions (bottom row); uint8 CHW tiles.
+def save_sample_grid(
+    originals: Sequence[torch.Tensor], recons: Sequence[torch.Tensor], path: Path, row_labels: Sequence[str]
+) -> None:
+    """Originals (top row) above their reconstructions (bottom row), each row labelled on the left.
 
-    Tiles of another size than the first are resized for display only.
+    Tiles are uint8 CHW; tiles of another size than the first are resized for display only.
     """
+    from PIL import Image, ImageDraw
     from torchvision.transforms.v2.functional import resize
-    from torchvision.utils import make_grid, save_image
+    from torchvision.utils import make_grid
 
     size = list(originals[0].shape[-2:])
     tiles = [
         t if list(t.shape[-2:]) == size else resize(t, size, antialias=True) for t in [*originals, *recons]
     ]
-    grid = make_grid(torch.stack(tiles).float() / 255, nrow=len(originals), padding=2, pad_value=1.0)
-    save_image(grid, path)
+    grid = make_grid(torch.stack(tiles), nrow=len(originals), padding=2, pad_value=255)
+    body = Image.fromarray(grid.permute(1, 2, 0).numpy())
+    margin = 8 + 7 * max(len(label) for label in row_labels)  # the default bitmap font: ~6 px a letter
+    canvas = Image.new("RGB", (body.width + margin, body.height), "white")
+    canvas.paste(body, (margin, 0))
+    draw = ImageDraw.Draw(canvas)
+    row_height = size[0] + 2
+    for row, label in enumerate(row_labels):
+        draw.text((4, 2 + row * row_height + row_height // 2 - 6), label, fill="black")
+    canvas.save(path)
 
 
 def to_uint8_images(recon: torch.Tensor) -> list[torch.Tensor]:
@@ -125,8 +148,11 @@ def choose_sample_ids(image_ids: Sequence[str], n: int) -> list[str]:
 
 
 def sample_key(image_id: str) -> str:
-    """File name stem of a sample: ``airplane/airplane_001.jpg`` -> ``airplane__airplane_001``."""
-    return Path(image_id).with_suffix("").as_posix().replace("/", "__")
+    """File name stem of a sample: ``airplane/airplane_001.jpg`` -> ``airplane__airplane_001.jpg``.
+
+    The source suffix stays, so ``a.jpg`` and ``a.png`` of one class keep separate samples.
+    """
+    return Path(image_id).as_posix().replace("/", "__")
 
 
 def save_samples(samples: dict[str, tuple[torch.Tensor, torch.Tensor]], folder: Path) -> None:
@@ -141,13 +167,21 @@ def save_samples(samples: dict[str, tuple[torch.Tensor, torch.Tensor]], folder: 
             Image.fromarray(pixels).save(folder / kind / f"{sample_key(image_id)}.png")
 
 
-def write_per_class(path: Path, table: dict[str, np.ndarray], metric_columns: Sequence[str]) -> None:
-    """Mean of each per-image metric per class, with the image count."""
+def write_per_class(path: Path, table: dict[str, np.ndarray], suite: MetricSuite) -> None:
+    """Each class scored as the protocol scores the whole set, with the image count.
+
+    The same aggregation as metrics.json (pooled MSE per group of ``pool_size`` images for the
+    paper protocol's PSNR, per-image means and bootstrap intervals for the standard one),
+    applied to the class's rows in dataset order, so per-class and overall numbers agree in kind.
+    """
     labels = table["class"]
+    summaries = []
+    for label in sorted(set(labels.tolist())):
+        mask = labels == label
+        summaries.append((label, int(mask.sum()), suite.summarise({k: v[mask] for k, v in table.items()})))
+    columns = list(dict.fromkeys(key for _, _, values in summaries for key in values))
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["class", "n_images", *metric_columns])
-        for label in sorted(set(labels.tolist())):
-            mask = labels == label
-            means = [float(np.mean(table[column][mask].astype(np.float64))) for column in metric_columns]
-            writer.writerow([label, int(mask.sum()), *means])
+        writer.writerow(["class", "n_images", *columns])
+        for label, n_images, values in summaries:
+            writer.writerow([label, n_images, *(values.get(column, "") for column in columns)])

@@ -3,14 +3,19 @@
     python -m vaes4rs.run model=flux2 dataset=aid
     python -m vaes4rs.run -m model=sd21,sdxl,flux2 dataset=aid,resisc45
 
-In a sweep a failing job writes ``error.json`` into its directory and the sweep goes on;
-``vaes4rs.sweep.SweepSummary`` lists the failures at the end and exits non-zero.
+Every job first claims its directory (``vaes4rs.rundir``: a lock, and never another config's
+results), then the pre-flight check (``vaes4rs.preflight``) finds everything that would stop
+it, all at once, before any model loads. In a sweep a failing job writes ``error.json`` into
+its directory and the sweep goes on; ``vaes4rs.sweep.SweepSummary`` lists the failures at the
+end and exits non-zero. A single run that fails on bad input prints the message (no
+traceback) and exits with status 2.
 """
 
 from __future__ import annotations
 
-import json
+import gc
 import logging
+import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -20,20 +25,23 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from vaes4rs import files, results
+from vaes4rs import files, preflight, results, rundir
 from vaes4rs.config import register_configs, validate
+from vaes4rs.errors import InputError
 from vaes4rs.evaluate import evaluate
 from vaes4rs.tracking import make_tracker
 
 log = logging.getLogger("vaes4rs")
 
 register_configs()
+OmegaConf.register_new_resolver("vaes4rs.job_dir", rundir.job_dirname, replace=True)
 
 
 def run_job(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """Validate, evaluate, write metrics.json and mirror it to the tracker."""
+    """Validate, check everything before the work, evaluate, write metrics.json, mirror it to the tracker."""
     run_cfg = validate(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    ready = preflight.check(run_cfg)
     tracker = make_tracker(run_cfg.logger)
     hydra_cfg = HydraConfig.get()
     group = run_cfg.run.experiment
@@ -48,7 +56,7 @@ def run_job(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             tags=[run_cfg.model.name, run_cfg.dataset.name, run_cfg.metric.protocol],
             out_dir=out_dir,
         )
-        payload = evaluate(run_cfg, out_dir)
+        payload = evaluate(run_cfg, out_dir, ready)
         payload["config"] = resolved
         results.write_json(out_dir / files.RESULT_FILE, payload)
         tracker.log_summary({**payload["metrics"], "n_images": payload["n_images"]})
@@ -80,31 +88,57 @@ def job_labels(cfg: DictConfig) -> dict[str, str | None]:
     return labels
 
 
+def write_error(out_dir: Path, cfg: DictConfig, exc: Exception) -> Path:
+    hydra_cfg = HydraConfig.get()
+    error_file = out_dir / files.ERROR_FILE
+    record = {
+        "job": hydra_cfg.job.override_dirname or hydra_cfg.job.name,
+        **job_labels(cfg),
+        "error": f"{type(exc).__name__}: {exc}",
+        "traceback": traceback.format_exc(),
+    }
+    results.write_json(error_file, record)
+    return error_file
+
+
+def release_memory() -> None:
+    """After a failed job (CUDA out of memory above all) the next job of the sweep starts clean."""
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> dict[str, float] | None:
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        return run_job(cfg, out_dir)["metrics"]
-    except Exception as exc:
-        error_file = out_dir / files.ERROR_FILE
-        error_file.write_text(
-            json.dumps(
-                {
-                    "job": hydra_cfg.job.override_dirname or hydra_cfg.job.name,
-                    **job_labels(cfg),
-                    "error": f"{type(exc).__name__}: {exc}",
-                    "traceback": traceback.format_exc(),
-                },
-                indent=2,
-            )
-            + "\n"
-        )
-        if hydra_cfg.mode != RunMode.MULTIRUN:
-            raise
-        log.error("job %s failed: %s: %s (see %s)", out_dir.name, type(exc).__name__, exc, error_file)
-        return None
+        with rundir.claim(out_dir, rundir.result_config(cfg)):
+            try:
+                return run_job(cfg, out_dir)["metrics"]
+            except Exception as exc:
+                error_file = write_error(out_dir, cfg, exc)
+                if not multirun and not isinstance(exc, InputError):
+                    raise
+                log.error("job %s failed: %s: %s (see %s)", out_dir.name, type(exc).__name__, exc, error_file)
+    except rundir.RunDirectoryError as exc:  # the directory is not ours: nothing is written into it
+        rundir.refused_dirs.add(out_dir)
+        log.error("job %s refused: %s", out_dir.name, exc)
+    finally:
+        release_memory()
+    if not multirun:
+        sys.exit(2)
+    return None
+
+
+def cli() -> None:
+    """The command: note which overrides sweep (they name the jobs' directories), then run Hydra."""
+    rundir.remember_swept_keys(sys.argv[1:])
+    main()
 
 
 if __name__ == "__main__":
-    main()
+    cli()

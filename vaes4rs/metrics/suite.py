@@ -251,13 +251,14 @@ class MetricSuite:
             target = target.to(self.model_dtype).float()
         return pred, target
 
-    @torch.no_grad()
     def update(self, recon: torch.Tensor, original: torch.Tensor) -> dict[str, np.ndarray]:
-        pred, target = self.prepare(recon, original)
-        columns: dict[str, np.ndarray] = {}
-        for metric in self.metrics:
-            for key, values in metric.update(pred, target).items():
-                columns[key] = values.detach().double().cpu().numpy()
+        """Per-image columns of a batch (``no_grad`` as a block: mutation testing skips decorators)."""
+        with torch.no_grad():
+            pred, target = self.prepare(recon, original)
+            columns: dict[str, np.ndarray] = {}
+            for metric in self.metrics:
+                for key, values in metric.update(pred, target).items():
+                    columns[key] = values.detach().double().cpu().numpy()
         return columns
 
     def finalize(self, table: dict[str, np.ndarray]) -> dict[str, float]:
@@ -265,7 +266,22 @@ class MetricSuite:
         for metric in self.metrics:
             values.update(metric.finalize(table))
         for key, reason in self.not_computed().items():
-            log.warning("%s not computed: %s", key, reason)
+            if key not in self.skipped:  # those were reported once, when their network was missing
+                log.warning("%s not computed: %s", key, reason)
+        return values
+
+    def summarise(self, table: dict[str, np.ndarray]) -> dict[str, float]:
+        """The per-image metrics over some rows (one class), aggregated as ``finalize`` does.
+
+        A subset too small for an interval is not a job-level omission, so it leaves the
+        suite's ``not_computed`` as it was.
+        """
+        values: dict[str, float] = {}
+        for metric in self.metrics:
+            if isinstance(metric, PerImageMetric):
+                recorded = dict(metric.not_computed)
+                values.update(metric.finalize(table))
+                metric.not_computed = recorded
         return values
 
     def not_computed(self) -> dict[str, str]:

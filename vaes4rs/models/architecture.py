@@ -9,6 +9,7 @@ billion-parameter models on any machine.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,19 @@ from vaes4rs.config import ModelConfig
 from vaes4rs.models.families import diffusers_class_names, family_for
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class _IgnoredForceUpcast(logging.Filter):
+    """FLUX.2's published config.json carries ``force_upcast`` (a pipeline hint), which
+    AutoencoderKLFlux2 does not take; diffusers warns about it on every build. The key
+    changes nothing, so the warning is dropped; any other unexpected key is still reported."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("{'force_upcast': True}" in message and "are not expected" in message)
+
+
+logging.getLogger("diffusers.configuration_utils").addFilter(_IgnoredForceUpcast())
 
 
 def shipped_architectures() -> list[str]:
@@ -61,12 +75,22 @@ def read_model_config(cfg: ModelConfig) -> dict[str, Any]:
                 f"model '{cfg.name}': no config.json in {folder} (a diffusers VAE folder holds "
                 "config.json and diffusion_pytorch_model.safetensors)"
             )
-        return json.loads(config_file.read_text())
+        return _parse_config(config_file)
     from huggingface_hub import hf_hub_download
 
     assert cfg.repo is not None
     local = hf_hub_download(cfg.repo, "config.json", subfolder=cfg.subfolder, revision=cfg.revision)
-    return json.loads(Path(local).read_text())
+    return _parse_config(Path(local))
+
+
+def _parse_config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"model config {path} is not valid JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise ValueError(f"model config {path} is not a JSON object")
+    return config
 
 
 def build_architecture(cfg: ModelConfig, device: torch.device | str = "meta") -> nn.Module:

@@ -1,0 +1,97 @@
+"""Pre-flight: everything a job needs, checked before any work and reported in one message.
+
+Device, model weights (a local folder's files, or the hub cache when offline), metric
+networks (when ``metric.missing_weights=error``) and every image file's header are checked
+before a model is loaded, so a user fixes all of it at once instead of one problem per run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vaes4rs.config import RunConfig
+from vaes4rs.data import PreparedDataset, prepare
+from vaes4rs.device import pick_device
+from vaes4rs.errors import InputError
+from vaes4rs.hub import hub_offline
+from vaes4rs.metrics import weights
+from vaes4rs.models.architecture import build_architecture
+from vaes4rs.models.families import family_for
+from vaes4rs.models.zoo import model_problems
+
+SSIM_WINDOW = 11  # Gaussian window of SSIM (11 x 11)
+MS_SSIM_MIN_SIDE = 161  # piq's MS-SSIM: five scales of the 11-pixel window
+
+
+class PreflightError(InputError):
+    """Everything that stops a job, one problem per line."""
+
+
+@dataclass
+class ReadyJob:
+    """What the pre-flight check established: where to compute and the checked, batched dataset."""
+
+    device: torch.device
+    dataset: PreparedDataset
+
+
+def _spatial_multiple(cfg: RunConfig) -> int:
+    """The model's spatial multiple from its architecture alone (no weights); 1 if it cannot be read."""
+    try:
+        meta = build_architecture(cfg.model)
+    except (OSError, ValueError, RuntimeError):  # reported by model_problems
+        return 1
+    return family_for(meta).spatial_multiple(meta)
+
+
+def min_image_side(cfg: RunConfig) -> int:
+    """The smallest side the model can pad (its multiple) and the metrics' windows can take."""
+    side = _spatial_multiple(cfg)
+    if cfg.metric.ssim:
+        side = max(side, SSIM_WINDOW)
+    if cfg.metric.ms_ssim:
+        side = max(side, MS_SSIM_MIN_SIDE)
+    return side
+
+
+def _metric_network_problems(cfg: RunConfig) -> list[str]:
+    """With ``missing_weights=error``, a missing network file stops the job: find it now.
+
+    With ``skip`` the metric suite leaves such a metric out with one warning when it loads.
+    """
+    if cfg.metric.missing_weights != "error":
+        return []
+    problems = []
+    for key, spec in weights.WEIGHT_FILES.items():
+        if any(getattr(cfg.metric, switch) for switch in spec.switches):
+            try:
+                weights.weight_path(key, cfg.metric.weights)
+            except weights.MissingWeightsError as exc:
+                problems.append(str(exc))
+    return problems
+
+
+def check(cfg: RunConfig) -> ReadyJob:
+    """Check the whole job; raise PreflightError listing every problem, or return what is ready."""
+    problems: list[str] = []
+    device = torch.device("cpu")
+    try:
+        device = pick_device(cfg.run.device)
+    except RuntimeError as exc:
+        problems.append(str(exc))
+    uses_hub = cfg.dataset.source == "hub" or (cfg.model.loader == "diffusers" and not cfg.model.path)
+    downloads = uses_hub or (cfg.model.loader == "tiny" and not cfg.model.path)
+    offline = hub_offline() if downloads else False
+    problems += model_problems(cfg.model, offline)
+    problems += _metric_network_problems(cfg)
+    dataset = None
+    try:
+        dataset = prepare(cfg.dataset, cfg.run.batch_size, device.type == "cuda", min_image_side(cfg))
+    except (InputError, OSError, ValueError) as exc:
+        problems.append(str(exc))
+    if problems or dataset is None:
+        listed = "\n".join(f"- {problem}" for problem in problems)
+        raise PreflightError(f"job {cfg.model.name} on {cfg.dataset.name} cannot start:\n{listed}")
+    return ReadyJob(device, dataset)
