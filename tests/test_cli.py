@@ -417,3 +417,44 @@ def test_a_single_run_on_bad_input_says_everything_and_touches_no_other_run(
     assert "metric.protocol: 'paper' -> 'standard'" in said
     assert (tmp_path / "done" / "metrics.json").read_text() == before
     assert not (tmp_path / "done" / "error.json").exists()
+
+
+@pytest.mark.slow
+def test_a_sweep_through_the_submitit_launcher_feeds_the_paper_table(
+    tiny_models: Path, tmp_path: Path
+) -> None:
+    """hydra/launcher=local is submitit's local executor: each job in its own process, as on SLURM."""
+    for i in range(2):
+        write_rgb(tmp_path / "set" / "c" / f"{i}.png", 32, 32, seed=i)
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        [
+            "-m",
+            "hydra/launcher=local",
+            "model=local",
+            f"model.path={tiny_models}",
+            "model.subfolder=SD21-VAE,FLUX2-VAE",
+            "dataset=folder",
+            f"dataset.root={tmp_path / 'set'}",
+            "logger=none",
+            "metric.lpips=false",
+            "metric.fid=false",
+            "run.device=cpu",
+            "dataset.num_workers=0",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list((sweep / ".submitit").iterdir())  # the jobs went through submitit
+    made = subprocess.run(
+        ["make", "-C", str(REPO_ROOT), "paper-table", f"RESULTS={sweep}", f"PYTHON={sys.executable}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert made.returncode == 0, made.stderr[-3000:]
+    rows = {row["model"]: row for row in csv.DictReader((sweep / "paper_table.csv").open())}
+    for model in ("SD21-VAE", "FLUX2-VAE"):
+        payload = json.loads((sweep / f"{model}-set" / "metrics.json").read_text())
+        assert float(rows[model]["set_psnr"]) == pytest.approx(payload["metrics"]["psnr"])

@@ -93,6 +93,12 @@ class MissingWeights(Choice):
     error = "error"
 
 
+class ResumeMode(Choice):
+    auto = "auto"  # continue from a checkpoint when the job directory holds one
+    require = "require"  # a checkpoint must be there (an error names the missing file)
+    never = "never"  # start over, discarding a checkpoint
+
+
 class LoggerBackend(Choice):
     none = "none"
     wandb = "wandb"
@@ -195,6 +201,11 @@ class RunSettings:
     n_samples: int = 8  # images shown in samples.png
     experiment: str = "default"
     progress: bool = True
+    # Batches between checkpoints (running metric state beside per_image.csv); 0: about every
+    # CHECKPOINT_SECONDS of work. Rerunning the command on the directory resumes from the last one.
+    checkpoint_every: int = 0
+    resume: ResumeMode = ResumeMode.auto
+    skip_finished: bool = False  # a job whose complete metrics.json matches its config is skipped
 
 
 @dataclass
@@ -276,6 +287,8 @@ def validate(cfg: DictConfig) -> RunConfig:
         raise ConfigError("dataset.classes is an empty list; leave it unset (null) to use every class")
     _check_positive("metric.pool_size", metric.pool_size, allow_none=False)
     _check_positive("run.batch_size", run_cfg.run.batch_size, allow_none=False)
+    if run_cfg.run.checkpoint_every < 0:
+        raise ConfigError(f"run.checkpoint_every must be >= 0, got {run_cfg.run.checkpoint_every}")
     if run_cfg.run.n_samples < 0:
         raise ConfigError(f"run.n_samples must be >= 0, got {run_cfg.run.n_samples}")
     return run_cfg

@@ -345,6 +345,10 @@ class SameSizeBatches(Sampler[list[int]]):
         ]
         self.batches.sort(key=lambda batch: batch[0])
 
+    def skip(self, n: int) -> None:
+        """Leave out the first ``n`` batches (done before a checkpoint), so their files are not read."""
+        self.batches = self.batches[n:]
+
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.batches)
 
@@ -497,6 +501,13 @@ class PreparedDataset:
     skipped: list[tuple[ImageRecord, str, str]]  # (record, reason, message) found by the scan
     loader: DataLoader
     scan: DatasetScan
+
+    @property
+    def batches(self) -> SameSizeBatches:
+        """The loader's batches, in order (``skip`` them to resume)."""
+        sampler = self.loader.batch_sampler
+        assert isinstance(sampler, SameSizeBatches)
+        return sampler
 
 
 def prepare(cfg: DatasetConfig, batch_size: int, pin_memory: bool, min_side: int = 1) -> PreparedDataset:

@@ -16,12 +16,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from vaes4rs import files, results
+from vaes4rs import checkpoint, files, results
 from vaes4rs.config import RunConfig
 from vaes4rs.data import CorruptImageError, ImageRecord
 from vaes4rs.device import resolve_dtype
 from vaes4rs.metrics.suite import MetricSuite
-from vaes4rs.models.adapter import VAEAdapter
+from vaes4rs.models.adapter import NOISE_RULE, VAEAdapter
 from vaes4rs.models.cost import model_stats
 from vaes4rs.models.zoo import load_vae
 from vaes4rs.preflight import ReadyJob
@@ -44,8 +44,37 @@ def _row(record: ImageRecord, height: int, width: int) -> dict[str, Any]:
     }
 
 
-def evaluate(cfg: RunConfig, out_dir: Path, ready: ReadyJob) -> dict[str, Any]:
-    """Run one (model, dataset, protocol) job, checked by the pre-flight, writing into ``out_dir``."""
+def _score_batch(
+    batch: dict,
+    adapter: VAEAdapter,
+    suite: MetricSuite,
+    writer: results.PerImageWriter,
+    sample_ids: list[str],
+    samples: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+) -> int:
+    """Reconstruct and score one batch; its rows go to per_image.csv, chosen images to ``samples``."""
+    records = batch["records"]
+    images = batch["images"].to(device, non_blocking=True)
+    original = to_minus_one_one(images)
+    recon = adapter.reconstruct(original, [r.image_id for r in records])
+    columns = suite.update(recon, original)
+    rows = []
+    for i, record in enumerate(records):
+        row = _row(record, int(images.shape[-2]), int(images.shape[-1]))
+        row.update({key: float(values[i]) for key, values in columns.items()})
+        rows.append(row)
+        if record.image_id in sample_ids:
+            samples[record.image_id] = (images[i].cpu(), results.to_uint8_images(recon[i : i + 1])[0])
+    writer.write(rows)
+    return len(records)
+
+
+def evaluate(cfg: RunConfig, out_dir: Path, ready: ReadyJob, resume: bool = False) -> dict[str, Any]:
+    """Run one (model, dataset, protocol) job, checked by the pre-flight, writing into ``out_dir``.
+
+    With ``resume``, continue from the checkpoint in ``out_dir`` (same config, checked by the caller).
+    """
     device, dataset = ready.device, ready.dataset
     dtype = resolve_dtype(cfg.model.dtype, device)
     classes = dataset.scan.class_counts()
@@ -68,14 +97,32 @@ def evaluate(cfg: RunConfig, out_dir: Path, ready: ReadyJob) -> dict[str, Any]:
         upcast_on_overflow=cfg.model.upcast_on_overflow,
     )
     suite = MetricSuite(cfg.metric, device, dtype)
-    writer = results.PerImageWriter(out_dir / files.PER_IMAGE_FILE, suite.columns)
+    columns = [*results.ID_COLUMNS, *suite.columns]
+    checkpoint_file = out_dir / files.CHECKPOINT_FILE
+    progress = checkpoint.Progress(columns=columns)
+    if resume:
+        progress = checkpoint.load(checkpoint_file, columns)
+        suite.load_state_dict(progress.suite_state)
+        adapter.latent_shapes.update(progress.latent_shapes)
+        log.info(
+            "resuming after batch %d (%d images) from %s",
+            progress.batches_done,
+            len(progress.rows),
+            checkpoint_file,
+        )
+    by_index = {record.index: record for record in dataset.records + [r for r, _, _ in dataset.skipped]}
     skipped = [(record, reason, message) for record, reason, message in dataset.skipped]
+    skipped += [(by_index[index], reason, message) for index, reason, message in progress.skipped]
+    writer = results.PerImageWriter(out_dir / files.PER_IMAGE_FILE, columns, progress.rows)
     sample_ids = results.choose_sample_ids([r.image_id for r in dataset.records], cfg.run.n_samples)
-    samples: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # image_id -> (original, recon)
-    n_images = 0
-    start = time.perf_counter()
-    progress = tqdm(
+    samples = dict(progress.samples)  # image_id -> (original, recon), uint8 CHW
+    dataset.batches.skip(progress.batches_done)
+    schedule = checkpoint.Schedule(cfg.run.checkpoint_every)
+    n_images = len(progress.rows)
+    start = time.perf_counter() - progress.seconds
+    bar = tqdm(
         total=len(dataset.records),
+        initial=n_images,
         desc=f"{cfg.model.name}/{cfg.dataset.name}",
         unit="img",
         disable=not cfg.run.progress,
@@ -89,31 +136,25 @@ def evaluate(cfg: RunConfig, out_dir: Path, ready: ReadyJob) -> dict[str, Any]:
                     )
                 log.warning("skipping %s", error)
                 skipped.append((record, error.reason, str(error)))
-            if batch["images"] is None:
-                continue
-            records = batch["records"]
-            images = batch["images"].to(device, non_blocking=True)
-            original = to_minus_one_one(images)
-            recon = adapter.reconstruct(original, [r.image_id for r in records])
-            columns = suite.update(recon, original)
-            rows = []
-            for i, record in enumerate(records):
-                row = _row(record, int(images.shape[-2]), int(images.shape[-1]))
-                row.update({key: float(values[i]) for key, values in columns.items()})
-                rows.append(row)
-                if record.image_id in sample_ids:
-                    samples[record.image_id] = (images[i].cpu(), results.to_uint8_images(recon[i : i + 1])[0])
-            writer.write(rows)
-            n_images += len(records)
-            progress.update(len(records) + len(batch["skipped"]))
-            progress.set_postfix(img_s=f"{n_images / (time.perf_counter() - start):.2f}")
+                progress.skipped.append((record.index, error.reason, str(error)))
+            progress.batches_done += 1
+            if batch["images"] is not None:
+                n_images += _score_batch(batch, adapter, suite, writer, sample_ids, samples, device)
+            bar.update(len(batch["records"]) + len(batch["skipped"]))
+            bar.set_postfix(img_s=f"{n_images / (time.perf_counter() - start):.2f}")
+            if schedule.due(progress.batches_done):
+                progress.rows, progress.samples = list(writer.rows), dict(samples)
+                progress.suite_state, progress.latent_shapes = suite.state_dict(), dict(adapter.latent_shapes)
+                progress.seconds = time.perf_counter() - start
+                checkpoint.save(checkpoint_file, progress)
     finally:
-        progress.close()
+        bar.close()
         writer.close()
     seconds = time.perf_counter() - start
     if n_images == 0:
         raise CorruptImageError(f"dataset '{cfg.dataset.name}': every image was skipped")
     writer.rewrite_in_dataset_order()
+    checkpoint_file.unlink(missing_ok=True)  # the results are complete: nothing left to resume
     table = writer.table()
     metrics = suite.finalize(table)
     results.write_per_class(out_dir / files.PER_CLASS_FILE, table, suite)
@@ -129,7 +170,10 @@ def evaluate(cfg: RunConfig, out_dir: Path, ready: ReadyJob) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "model": cfg.model.name,
         "dataset": cfg.dataset.name,
-        "protocol": suite.protocol(),
+        "protocol": {
+            **suite.protocol(),
+            "noise": "none (deterministic)" if adapter.deterministic else NOISE_RULE,
+        },
         "n_images": n_images,
         "n_skipped": len(skipped),
         "skipped_by_reason": dict(Counter(reason for _, reason, _ in skipped)),

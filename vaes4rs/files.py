@@ -10,3 +10,4 @@ SAMPLES_FILE = "samples.png"
 SAMPLES_DIR = "samples"
 RUN_CONFIG_FILE = "run_config.json"  # the config whose results the directory holds
 LOCK_FILE = ".vaes4rs.lock"  # held while a run writes into the directory
+CHECKPOINT_FILE = "checkpoint.pt"  # running state of an unfinished job, to resume from

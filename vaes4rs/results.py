@@ -24,15 +24,26 @@ ID_COLUMNS = ("index", "image_id", "class", "height", "width")
 
 
 class PerImageWriter:
-    """Appends rows after every batch and flushes, so a crash loses at most one batch."""
+    """Appends rows after every batch and flushes, so a crash loses at most one batch.
 
-    def __init__(self, path: Path, metric_columns: Sequence[str]) -> None:
+    ``rows`` already scored (a resumed job's, from its checkpoint) start the file; rows an
+    interrupted run wrote after its last checkpoint are dropped and scored again.
+    """
+
+    def __init__(self, path: Path, columns: Sequence[str], rows: Sequence[list[Any]] = ()) -> None:
         self.path = path
-        self.columns = [*ID_COLUMNS, *metric_columns]
+        self.columns = list(columns)
         self._file = path.open("w", newline="")
         self._writer = csv.writer(self._file)
         self._writer.writerow(self.columns)
-        self._rows: list[list[Any]] = []
+        self._rows: list[list[Any]] = [list(values) for values in rows]
+        self._writer.writerows(self._rows)
+        self._file.flush()
+
+    @property
+    def rows(self) -> list[list[Any]]:
+        """Every row written so far, in the order written."""
+        return self._rows
 
     def write(self, rows: Sequence[dict[str, Any]]) -> None:
         for row in rows:

@@ -14,6 +14,7 @@ traceback) and exits with status 2.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import sys
 import traceback
@@ -37,7 +38,7 @@ register_configs()
 OmegaConf.register_new_resolver("vaes4rs.job_dir", rundir.job_dirname, replace=True)
 
 
-def run_job(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+def run_job(cfg: DictConfig, out_dir: Path, resume: bool = False) -> dict[str, Any]:
     """Validate, check everything before the work, evaluate, write metrics.json, mirror it to the tracker."""
     run_cfg = validate(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
@@ -56,7 +57,7 @@ def run_job(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             tags=[run_cfg.model.name, run_cfg.dataset.name, run_cfg.metric.protocol],
             out_dir=out_dir,
         )
-        payload = evaluate(run_cfg, out_dir, ready)
+        payload = evaluate(run_cfg, out_dir, ready, resume)
         payload["config"] = resolved
         results.write_json(out_dir / files.RESULT_FILE, payload)
         tracker.log_summary({**payload["metrics"], "n_images": payload["n_images"]})
@@ -116,9 +117,20 @@ def main(cfg: DictConfig) -> dict[str, float] | None:
     out_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        with rundir.claim(out_dir, rundir.result_config(cfg)):
+        claimed = rundir.claim(
+            out_dir,
+            rundir.result_config(cfg),
+            skip_finished=bool(OmegaConf.select(cfg, "run.skip_finished", default=False)),
+            resume=str(OmegaConf.select(cfg, "run.resume", default="auto")),
+        )
+        with claimed as held:
+            if held.finished:
+                log.info(
+                    "job %s skipped: its results for this config are complete (run.skip_finished)", out_dir
+                )
+                return json.loads((out_dir / files.RESULT_FILE).read_text())["metrics"]
             try:
-                return run_job(cfg, out_dir)["metrics"]
+                return run_job(cfg, out_dir, held.resume)["metrics"]
             except Exception as exc:
                 error_file = write_error(out_dir, cfg, exc)
                 if not multirun and not isinstance(exc, InputError):

@@ -17,6 +17,7 @@ import os
 import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,15 @@ from vaes4rs import files
 from vaes4rs.errors import InputError
 
 # Settings that change how a run looks, not its numbers.
-NON_RESULT_KEYS = ("run.progress", "run.experiment", "logger", "dataset.num_workers")
+NON_RESULT_KEYS = (
+    "run.progress",
+    "run.experiment",
+    "run.checkpoint_every",
+    "run.skip_finished",
+    "run.resume",
+    "logger",
+    "dataset.num_workers",
+)
 # What a job directory may hold from an earlier run; cleared before a rerun of the same config.
 RESULT_NAMES = (
     files.RESULT_FILE,
@@ -35,6 +44,7 @@ RESULT_NAMES = (
     files.PER_CLASS_FILE,
     files.SAMPLES_FILE,
     files.SAMPLES_DIR,
+    files.CHECKPOINT_FILE,
 )
 SWEPT_KEYS_ENV = "VAES4RS_SWEPT_KEYS"
 # Swept keys already visible in "<model.name>-<dataset.name>" (local names come from folders).
@@ -92,9 +102,24 @@ def _holds_results(job_dir: Path) -> bool:
     return any((job_dir / name).exists() for name in RESULT_NAMES)
 
 
+@dataclass(frozen=True)
+class Claim:
+    """What the directory held for this config: a checkpoint to resume from, or finished results."""
+
+    resume: bool
+    finished: bool
+
+
 @contextmanager
-def claim(job_dir: Path, config: dict[str, Any]) -> Iterator[None]:
-    """Hold ``job_dir`` for a run of ``config`` (see the module docstring) until the block ends."""
+def claim(
+    job_dir: Path, config: dict[str, Any], *, skip_finished: bool = False, resume: str = "auto"
+) -> Iterator[Claim]:
+    """Hold ``job_dir`` for a run of ``config`` (see the module docstring) until the block ends.
+
+    Same config: a checkpoint is kept (and per_image.csv with it) so the run resumes (unless
+    ``resume`` is "never"); finished results are kept when ``skip_finished``; every other result
+    file is cleared.
+    """
     job_dir.mkdir(parents=True, exist_ok=True)
     with (job_dir / files.LOCK_FILE).open("a") as lock:
         try:
@@ -116,8 +141,20 @@ def claim(job_dir: Path, config: dict[str, Any]) -> Iterator[None]:
                     f"{job_dir} holds results without a recorded config ({files.RUN_CONFIG_FILE}); "
                     "choose another hydra.run.dir (or remove that directory)"
                 )
+            if skip_finished and (job_dir / files.RESULT_FILE).is_file():
+                yield Claim(resume=False, finished=True)
+                return
+            has_checkpoint = (job_dir / files.CHECKPOINT_FILE).is_file()
+            if resume == "require" and not has_checkpoint:
+                raise RunDirectoryError(
+                    f"run.resume=require but there is no {job_dir / files.CHECKPOINT_FILE} to resume from"
+                )
+            resuming = has_checkpoint and resume != "never"
+            keep = {files.CHECKPOINT_FILE, files.PER_IMAGE_FILE} if resuming else set()
             for name in RESULT_NAMES:
                 stale = job_dir / name
+                if name in keep:
+                    continue
                 if stale.is_dir():
                     shutil.rmtree(stale)
                 elif stale.exists():
@@ -125,7 +162,7 @@ def claim(job_dir: Path, config: dict[str, Any]) -> Iterator[None]:
             tmp = job_dir / f"{files.RUN_CONFIG_FILE}.tmp"
             tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
             tmp.replace(job_dir / files.RUN_CONFIG_FILE)
-            yield
+            yield Claim(resume=resuming, finished=False)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 

@@ -61,6 +61,13 @@ class Metric:
         """Dataset-level values from the per-image table (rows in dataset order)."""
         raise NotImplementedError
 
+    def state(self) -> dict[str, Any]:
+        """What the metric keeps across batches (a checkpoint holds it; per-image metrics keep none)."""
+        return {"not_computed": dict(self.not_computed)}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.not_computed = dict(state["not_computed"])
+
 
 class PerImageMetric(Metric):
     """A per-image column, reported as the protocol's mean of it (with a CI when asked)."""
@@ -189,6 +196,21 @@ class InceptionDistances(Metric):
                 )
         return {}
 
+    def state(self):
+        stats = {
+            name: (s.count, s.total.cpu(), s.outer.cpu())
+            for name, s in (("real", self.real), ("fake", self.fake))
+        }
+        return {**super().state(), **stats, "kept": self.kept}
+
+    def load_state(self, state):
+        super().load_state(state)
+        for running, (count, total, outer) in ((self.real, state["real"]), (self.fake, state["fake"])):
+            running.count = count
+            running.total = total.to(running.total.device)
+            running.outer = outer.to(running.outer.device)
+        self.kept = state["kept"]
+
     def finalize(self, table):
         out: dict[str, float] = {}
         if self.real.count < 2:
@@ -283,6 +305,16 @@ class MetricSuite:
                 values.update(metric.finalize(table))
                 metric.not_computed = recorded
         return values
+
+    def state_dict(self) -> dict[str, Any]:
+        """The running state of every metric, for a checkpoint: resuming from it continues exactly."""
+        return {metric.name: metric.state() for metric in self.metrics}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if sorted(state) != sorted(metric.name for metric in self.metrics):
+            raise ValueError(f"checkpoint holds metrics {sorted(state)}, this protocol computes others")
+        for metric in self.metrics:
+            metric.load_state(state[metric.name])
 
     def not_computed(self) -> dict[str, str]:
         found = {key: reason for metric in self.metrics for key, reason in metric.not_computed.items()}

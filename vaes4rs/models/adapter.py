@@ -10,6 +10,7 @@ each model's quirks: the 5-D frame axis of Qwen-Image, deterministic encoders, [
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Sequence
 
 import torch
@@ -17,6 +18,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from vaes4rs.models.families import family_for
+
+NOISE_RULE = (
+    "latent=sample: image i's noise from torch.Generator('cpu').manual_seed(s), s = the first 8 bytes "
+    "(little-endian, top bit cleared) of sha256('<metric.seed>:<image_id>'), whatever the schedule"
+)
+
+
+def noise_seed(seed: int, image_id: str) -> int:
+    """The seed of one image's latent noise (see NOISE_RULE)."""
+    digest = hashlib.sha256(f"{seed}:{image_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 class NonFiniteOutputError(RuntimeError):
@@ -43,8 +55,7 @@ class VAEAdapter:
         self.upcast_on_overflow = upcast_on_overflow
         first = next(module.parameters())
         self.device, self.dtype = first.device, first.dtype
-        self.generator = torch.Generator(device=self.device if self.device.type != "meta" else "cpu")
-        self.generator.manual_seed(seed)
+        self.seed = seed
         self._float32_copy: nn.Module | None = None
         self.latent_shapes: dict[tuple[int, int], tuple[int, ...]] = {}  # (H, W) -> (C, h, w)
 
@@ -59,22 +70,42 @@ class VAEAdapter:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
         return x, (height, width)
 
-    def encode(self, x: torch.Tensor, module: nn.Module | None = None) -> torch.Tensor:
+    def noise_generators(self, image_ids: Sequence[str], batch_size: int) -> list[torch.Generator] | None:
+        """One CPU generator per image, seeded by (seed, image id), when the policy samples.
+
+        So an image's latent noise is the same whatever the batch, the process, the device or
+        a resume. Without ids (direct calls), the image's position in the batch stands in.
+        """
+        if self.deterministic:
+            return None
+        ids = list(image_ids) or [str(i) for i in range(batch_size)]
+        if len(ids) != batch_size:
+            raise ValueError(f"{len(ids)} image ids for a batch of {batch_size}")
+        return [torch.Generator("cpu").manual_seed(noise_seed(self.seed, image_id)) for image_id in ids]
+
+    def encode(
+        self, x: torch.Tensor, module: nn.Module | None = None, image_ids: Sequence[str] = ()
+    ) -> torch.Tensor:
         """Latent of padded [-1, 1] input, following the latent policy."""
-        return self.family.encode(module or self.module, x, self.latent, self.generator)
+        generators = self.noise_generators(image_ids, len(x))
+        return self.family.encode(module or self.module, x, self.latent, generators)
 
     def decode(self, z: torch.Tensor, module: nn.Module | None = None) -> torch.Tensor:
         return self.family.decode(module or self.module, z)
 
-    @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, image_ids: Sequence[str] = ()) -> torch.Tensor:
-        """[-1, 1] images (B, 3, H, W) -> reconstructions clamped to [-1, 1], float32."""
-        padded, (height, width) = self.pad(x.to(self.device, self.dtype))
-        z = self.encode(padded)
-        self.latent_shapes[(height, width)] = self.family.latent_shape(z)
-        out = self.decode(z)[..., :height, :width]
-        if not torch.isfinite(out).all() and self.upcast_on_overflow:
-            out = self._reconstruct_float32(padded)[..., :height, :width]
+        """[-1, 1] images (B, 3, H, W) -> reconstructions clamped to [-1, 1], float32.
+
+        ``no_grad`` as a block, not a decorator: mutation testing (``make mutation``) skips
+        decorated functions, and this is the one that pads and crops.
+        """
+        with torch.no_grad():
+            padded, (height, width) = self.pad(x.to(self.device, self.dtype))
+            z = self.encode(padded, image_ids=image_ids)
+            self.latent_shapes[(height, width)] = self.family.latent_shape(z)
+            out = self.decode(z)[..., :height, :width]
+            if not torch.isfinite(out).all() and self.upcast_on_overflow:
+                out = self._reconstruct_float32(padded, image_ids)[..., :height, :width]
         if not torch.isfinite(out).all():
             raise NonFiniteOutputError(
                 f"model '{self.name}' in {out.dtype} produced non-finite values for image(s) "
@@ -82,8 +113,8 @@ class VAEAdapter:
             )
         return out.float().clamp(-1.0, 1.0)
 
-    def _reconstruct_float32(self, padded: torch.Tensor) -> torch.Tensor:
+    def _reconstruct_float32(self, padded: torch.Tensor, image_ids: Sequence[str]) -> torch.Tensor:
         if self._float32_copy is None:
             self._float32_copy = copy.deepcopy(self.module).float()
-        z = self.encode(padded.float(), self._float32_copy)
+        z = self.encode(padded.float(), self._float32_copy, image_ids)
         return self.decode(z, self._float32_copy)

@@ -30,11 +30,12 @@ class VAEFamily:
         return 2 ** (len(module.config.block_out_channels) - 1)
 
     def encode(
-        self, module: nn.Module, x: torch.Tensor, latent: str, generator: torch.Generator
+        self, module: nn.Module, x: torch.Tensor, latent: str, generators: list[torch.Generator] | None
     ) -> torch.Tensor:
-        """Latent of a padded [-1, 1] batch: the distribution's mode, or a sample drawn from ``generator``."""
+        """Latent of a padded [-1, 1] batch: the distribution's mode, or a sample with image i's
+        noise drawn from ``generators[i]`` (diffusers draws per image from a list of generators)."""
         dist = module.encode(x).latent_dist
-        return dist.mode() if latent == "mode" else dist.sample(generator=generator)
+        return dist.mode() if latent == "mode" else dist.sample(generator=generators)
 
     def decode(self, module: nn.Module, z: torch.Tensor) -> torch.Tensor:
         return module.decode(z).sample
@@ -91,8 +92,8 @@ class QwenImageFamily(VAEFamily):
     def spatial_multiple(self, module: nn.Module) -> int:
         return 2 ** len(module.config.temperal_downsample)
 
-    def encode(self, module, x, latent, generator):
-        return super().encode(module, x.unsqueeze(2), latent, generator)
+    def encode(self, module, x, latent, generators):
+        return super().encode(module, x.unsqueeze(2), latent, generators)
 
     def decode(self, module, z):
         return super().decode(module, z)[:, :, 0]
@@ -112,7 +113,7 @@ class DeepCompressionFamily(VAEFamily):
     def spatial_multiple(self, module):
         return 2 ** (len(module.config.encoder_block_out_channels) - 1)
 
-    def encode(self, module, x, latent, generator):
+    def encode(self, module, x, latent, generators):
         return module.encode(x).latent
 
 
@@ -120,7 +121,7 @@ class DeepCompressionFamily(VAEFamily):
 class DiffusersTinyFamily(DeepCompressionFamily):
     """The TAESD family as diffusers ships it (taesd, taesdxl, taesd3, taef1): deterministic."""
 
-    def encode(self, module, x, latent, generator):
+    def encode(self, module, x, latent, generators):
         return module.encode(x).latents
 
 
@@ -134,7 +135,7 @@ class UnitRangeTinyFamily(VAEFamily):
     def spatial_multiple(self, module):
         return int(module.spatial_multiple)
 
-    def encode(self, module, x, latent, generator):
+    def encode(self, module, x, latent, generators):
         return module.encode((x + 1) / 2)
 
     def decode(self, module, z):
