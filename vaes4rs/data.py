@@ -344,10 +344,15 @@ class SameSizeBatches(Sampler[list[int]]):
             for start in range(0, len(members), batch_size)
         ]
         self.batches.sort(key=lambda batch: batch[0])
+        self.numbers = list(range(len(self.batches)))  # each batch's position in the whole set
 
     def skip(self, n: int) -> None:
         """Leave out the first ``n`` batches (done before a checkpoint), so their files are not read."""
-        self.batches = self.batches[n:]
+        self.batches, self.numbers = self.batches[n:], self.numbers[n:]
+
+    def shard(self, rank: int, world: int) -> None:
+        """Keep every ``world``-th batch from ``rank``: whole batches, none padded, none twice."""
+        self.batches, self.numbers = self.batches[rank::world], self.numbers[rank::world]
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.batches)

@@ -20,6 +20,7 @@ from vaes4rs import checkpoint, files, results
 from vaes4rs.config import RunConfig
 from vaes4rs.data import CorruptImageError, ImageRecord
 from vaes4rs.device import resolve_dtype
+from vaes4rs.distributed import SINGLE_PROCESS, Ranks, gather
 from vaes4rs.metrics.suite import MetricSuite
 from vaes4rs.models.adapter import NOISE_RULE, VAEAdapter
 from vaes4rs.models.cost import model_stats
@@ -70,10 +71,15 @@ def _score_batch(
     return len(records)
 
 
-def evaluate(cfg: RunConfig, out_dir: Path, ready: ReadyJob, resume: bool = False) -> dict[str, Any]:
+def evaluate(
+    cfg: RunConfig, out_dir: Path, ready: ReadyJob, resume: bool = False, ranks: Ranks = SINGLE_PROCESS
+) -> dict[str, Any] | None:
     """Run one (model, dataset, protocol) job, checked by the pre-flight, writing into ``out_dir``.
 
-    With ``resume``, continue from the checkpoint in ``out_dir`` (same config, checked by the caller).
+    With ``resume``, continue from the checkpoint in ``out_dir`` (same config, checked by the
+    caller). Under torchrun (``ranks.world`` > 1) each rank scores its share of the batches and
+    rank 0 merges them and writes the files (checkpoints are a single process's); other ranks
+    return None.
     """
     device, dataset = ready.device, ready.dataset
     dtype = resolve_dtype(cfg.model.dtype, device)
@@ -113,11 +119,16 @@ def evaluate(cfg: RunConfig, out_dir: Path, ready: ReadyJob, resume: bool = Fals
     by_index = {record.index: record for record in dataset.records + [r for r, _, _ in dataset.skipped]}
     skipped = [(record, reason, message) for record, reason, message in dataset.skipped]
     skipped += [(by_index[index], reason, message) for index, reason, message in progress.skipped]
-    writer = results.PerImageWriter(out_dir / files.PER_IMAGE_FILE, columns, progress.rows)
+    if ranks.world > 1:
+        dataset.batches.shard(ranks.rank, ranks.world)
+    own_rows = out_dir / (files.PER_IMAGE_FILE if ranks.main else f".per_image.rank{ranks.rank}.csv")
+    writer = results.PerImageWriter(own_rows, columns, progress.rows)
     sample_ids = results.choose_sample_ids([r.image_id for r in dataset.records], cfg.run.n_samples)
     samples = dict(progress.samples)  # image_id -> (original, recon), uint8 CHW
     dataset.batches.skip(progress.batches_done)
-    schedule = checkpoint.Schedule(cfg.run.checkpoint_every)
+    numbers = list(dataset.batches.numbers)  # each coming batch's position in the whole set
+    scored: list[int] = []  # numbers of the batches this process scored (KID keeps their features)
+    schedule = checkpoint.Schedule(cfg.run.checkpoint_every) if ranks.world == 1 else None
     n_images = len(progress.rows)
     start = time.perf_counter() - progress.seconds
     bar = tqdm(
@@ -125,10 +136,10 @@ def evaluate(cfg: RunConfig, out_dir: Path, ready: ReadyJob, resume: bool = Fals
         initial=n_images,
         desc=f"{cfg.model.name}/{cfg.dataset.name}",
         unit="img",
-        disable=not cfg.run.progress,
+        disable=not cfg.run.progress or not ranks.main,
     )
     try:
-        for batch in dataset.loader:
+        for number, batch in zip(numbers, dataset.loader):
             for record, error in batch["skipped"]:
                 if not cfg.dataset.skip_corrupt:
                     raise CorruptImageError(
@@ -140,9 +151,10 @@ def evaluate(cfg: RunConfig, out_dir: Path, ready: ReadyJob, resume: bool = Fals
             progress.batches_done += 1
             if batch["images"] is not None:
                 n_images += _score_batch(batch, adapter, suite, writer, sample_ids, samples, device)
+                scored.append(number)
             bar.update(len(batch["records"]) + len(batch["skipped"]))
             bar.set_postfix(img_s=f"{n_images / (time.perf_counter() - start):.2f}")
-            if schedule.due(progress.batches_done):
+            if schedule is not None and schedule.due(progress.batches_done):
                 progress.rows, progress.samples = list(writer.rows), dict(samples)
                 progress.suite_state, progress.latent_shapes = suite.state_dict(), dict(adapter.latent_shapes)
                 progress.seconds = time.perf_counter() - start
@@ -150,6 +162,26 @@ def evaluate(cfg: RunConfig, out_dir: Path, ready: ReadyJob, resume: bool = Fals
     finally:
         bar.close()
         writer.close()
+    if ranks.world > 1:
+        share = {
+            "rows": writer.rows,
+            "skipped": progress.skipped,
+            "samples": samples,
+            "suite": suite.state_dict(),
+            "scored": scored,
+            "latent_shapes": adapter.latent_shapes,
+        }
+        parts = gather(share, ranks)
+        if not ranks.main:
+            own_rows.unlink(missing_ok=True)
+            return None
+        for part in parts[1:]:
+            writer.rows.extend(part["rows"])
+            skipped += [(by_index[index], reason, message) for index, reason, message in part["skipped"]]
+            samples.update(part["samples"])
+            adapter.latent_shapes.update(part["latent_shapes"])
+        suite.merge_state_dicts([part["suite"] for part in parts], [part["scored"] for part in parts])
+        n_images = len(writer.rows)
     seconds = time.perf_counter() - start
     if n_images == 0:
         raise CorruptImageError(f"dataset '{cfg.dataset.name}': every image was skipped")
@@ -187,6 +219,7 @@ def evaluate(cfg: RunConfig, out_dir: Path, ready: ReadyJob, resume: bool = Fals
             "device": str(device),
             "dtype": str(dtype).removeprefix("torch."),
             "batch_size": cfg.run.batch_size,
+            "processes": ranks.world,
         },
         "versions": results.software_versions(),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -14,6 +14,7 @@ import torch
 from vaes4rs.config import RunConfig
 from vaes4rs.data import PreparedDataset, prepare
 from vaes4rs.device import pick_device
+from vaes4rs.distributed import local_device
 from vaes4rs.errors import InputError
 from vaes4rs.hub import hub_offline
 from vaes4rs.metrics import weights
@@ -78,7 +79,7 @@ def check(cfg: RunConfig) -> ReadyJob:
     problems: list[str] = []
     device = torch.device("cpu")
     try:
-        device = pick_device(cfg.run.device)
+        device = local_device(pick_device(cfg.run.device))
     except RuntimeError as exc:
         problems.append(str(exc))
     uses_hub = cfg.dataset.source == "hub" or (cfg.model.loader == "diffusers" and not cfg.model.path)

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vaes4rs import files, preflight, results, rundir
 from vaes4rs.config import register_configs, validate
+from vaes4rs.distributed import SINGLE_PROCESS, Ranks, ranks_from_environment
 from vaes4rs.errors import InputError
 from vaes4rs.evaluate import evaluate
 from vaes4rs.tracking import make_tracker
@@ -38,11 +39,16 @@ register_configs()
 OmegaConf.register_new_resolver("vaes4rs.job_dir", rundir.job_dirname, replace=True)
 
 
-def run_job(cfg: DictConfig, out_dir: Path, resume: bool = False) -> dict[str, Any]:
+def run_job(
+    cfg: DictConfig, out_dir: Path, resume: bool = False, ranks: Ranks = SINGLE_PROCESS
+) -> dict[str, Any]:
     """Validate, check everything before the work, evaluate, write metrics.json, mirror it to the tracker."""
     run_cfg = validate(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     ready = preflight.check(run_cfg)
+    if ranks.world > 1 and resume:
+        log.warning("checkpoints are a single process's: a job run by %d processes starts over", ranks.world)
+        resume = False
     tracker = make_tracker(run_cfg.logger)
     hydra_cfg = HydraConfig.get()
     group = run_cfg.run.experiment
@@ -57,7 +63,8 @@ def run_job(cfg: DictConfig, out_dir: Path, resume: bool = False) -> dict[str, A
             tags=[run_cfg.model.name, run_cfg.dataset.name, run_cfg.metric.protocol],
             out_dir=out_dir,
         )
-        payload = evaluate(run_cfg, out_dir, ready, resume)
+        payload = evaluate(run_cfg, out_dir, ready, resume, ranks)
+        assert payload is not None  # rank 0 (or the only process) gets the merged results
         payload["config"] = resolved
         results.write_json(out_dir / files.RESULT_FILE, payload)
         tracker.log_summary({**payload["metrics"], "n_images": payload["n_images"]})
@@ -116,6 +123,11 @@ def main(cfg: DictConfig) -> dict[str, float] | None:
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    ranks = ranks_from_environment()
+    if not ranks.main:  # torchrun: score this rank's share; rank 0 claims the directory and writes
+        run_cfg = validate(cfg)
+        evaluate(run_cfg, out_dir, preflight.check(run_cfg), ranks=ranks)
+        return None
     try:
         claimed = rundir.claim(
             out_dir,
@@ -130,7 +142,7 @@ def main(cfg: DictConfig) -> dict[str, float] | None:
                 )
                 return json.loads((out_dir / files.RESULT_FILE).read_text())["metrics"]
             try:
-                return run_job(cfg, out_dir, held.resume)["metrics"]
+                return run_job(cfg, out_dir, held.resume, ranks)["metrics"]
             except Exception as exc:
                 error_file = write_error(out_dir, cfg, exc)
                 if not multirun and not isinstance(exc, InputError):

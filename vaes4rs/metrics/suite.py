@@ -68,6 +68,10 @@ class Metric:
     def load_state(self, state: dict[str, Any]) -> None:
         self.not_computed = dict(state["not_computed"])
 
+    def merge_states(self, states: list[dict[str, Any]], batches: list[list[int]]) -> None:
+        """Load several processes' states as one; ``batches[r]``: the batch numbers rank r scored."""
+        self.not_computed = {k: v for state in states for k, v in state["not_computed"].items()}
+
 
 class PerImageMetric(Metric):
     """A per-image column, reported as the protocol's mean of it (with a CI when asked)."""
@@ -211,6 +215,23 @@ class InceptionDistances(Metric):
             running.outer = outer.to(running.outer.device)
         self.kept = state["kept"]
 
+    def merge_states(self, states, batches):
+        super().merge_states(states, batches)
+        for name, running in (("real", self.real), ("fake", self.fake)):
+            running.count = sum(state[name][0] for state in states)
+            running.total = sum(state[name][1] for state in states).to(running.total.device)
+            running.outer = sum(state[name][2] for state in states).to(running.outer.device)
+        if any(state["kept"] is None for state in states) or self.real.count >= fid.KID_MAX_IMAGES:
+            self.kept = None
+            if self.cfg.kid:
+                self.not_computed["kid"] = (
+                    f"{fid.KID_MAX_IMAGES} images or more: KID needs every feature, kept only below that"
+                )
+            return
+        # Each rank kept one entry per batch it scored, in its own order: back to the set's order.
+        numbered = [pair for state, numbers in zip(states, batches) for pair in zip(numbers, state["kept"])]
+        self.kept = [entry for _, entry in sorted(numbered, key=lambda pair: pair[0])]
+
     def finalize(self, table):
         out: dict[str, float] = {}
         if self.real.count < 2:
@@ -309,6 +330,11 @@ class MetricSuite:
     def state_dict(self) -> dict[str, Any]:
         """The running state of every metric, for a checkpoint: resuming from it continues exactly."""
         return {metric.name: metric.state() for metric in self.metrics}
+
+    def merge_state_dicts(self, states: list[dict[str, Any]], batches: list[list[int]]) -> None:
+        """The running state of several processes merged (see ``vaes4rs.distributed``)."""
+        for metric in self.metrics:
+            metric.merge_states([state[metric.name] for state in states], batches)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if sorted(state) != sorted(metric.name for metric in self.metrics):
