@@ -3,14 +3,17 @@
 This is the only module of the report that reads a job's result files (metrics.json,
 error.json, per_class.csv), so the contract between runs and reports is read in one place;
 the file names come from ``vaes4rs.files``, which the writers use too. ``number`` is the one
-reading of a number for every file a report reads.
+reading of a number for every file a report reads. A result or error file that cannot be read
+stops the report with an error naming it: a table silently missing a job would look complete.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +22,7 @@ from typing import Any
 import yaml
 
 from vaes4rs.files import ERROR_FILE, PER_CLASS_FILE, RESULT_FILE
+from vaes4rs.report.labels import FOLDER, SUBSET, scored_dataset_label
 
 HYDRA_CONFIG = Path(".hydra") / "config.yaml"
 
@@ -38,9 +42,11 @@ class JobResult:
     protocol_params: dict[str, Any]
     n_images: int
     n_skipped: int
-    metrics: dict[str, float]
+    metrics: dict[str, float]  # as written: NaN and inf included, the table shows them as N/A
     model_stats: dict[str, Any]
     finished: float
+    not_computed: dict[str, str] = field(default_factory=dict)  # metric key -> why the job has none
+    dataset_kind: str = ""  # FOLDER, SUBSET or "" (the named set in full, or a result that does not say)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -79,6 +85,23 @@ class Selection:
     def get(self, model: str, dataset: str) -> JobResult | None:
         return self.results.get((model, dataset))
 
+    def _jobs_on(self, dataset: str) -> list[JobResult]:
+        return [job for (_, d), job in sorted(self.results.items()) if d == dataset]
+
+    def scored_images(self, dataset: str) -> int | None:
+        """The image count most of a dataset's jobs scored (the larger on a tie); None without a result."""
+        counts = Counter(job.n_images for job in self._jobs_on(dataset))
+        return max(counts, key=lambda n: (counts[n], n)) if counts else None
+
+    def dataset_kind(self, dataset: str) -> str:
+        """FOLDER when any job read a local folder, else SUBSET when any read part of the set, else ""."""
+        kinds = {job.dataset_kind for job in self._jobs_on(dataset)}
+        return FOLDER if FOLDER in kinds else SUBSET if SUBSET in kinds else ""
+
+    def dataset_label(self, dataset: str) -> str:
+        """What every report prints for a dataset: a folder or a subset says so, with its image count."""
+        return scored_dataset_label(dataset, self.dataset_kind(dataset), self.scored_images(dataset) or 0)
+
 
 def _timestamp(payload: dict[str, Any], path: Path) -> float:
     """``finished_at`` (ISO 8601) when the job wrote one, else the file's mtime."""
@@ -111,16 +134,47 @@ def number(value: Any, *, text: bool = False, strict: bool = False) -> float | N
         return None
 
 
+def finite(value: float | None) -> float | None:
+    """A number a table may print or rank: NaN and inf are N/A, like a missing value."""
+    return value if value is not None and math.isfinite(value) else None
+
+
 def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
     """Scalar numbers only: CI pairs, lists and flags are not table cells."""
     return {key: float(value) for key, value in metrics.items() if number(value) is not None}
 
 
+def _object(value: Any, where: str) -> dict[str, Any]:
+    """A JSON object of a job file, or a TypeError that says which part is something else."""
+    if not isinstance(value, dict):
+        raise TypeError(f"{where} is {type(value).__name__}, not an object")
+    return value
+
+
+def _unreadable(path: Path, exc: Exception) -> ReportError:
+    """The one error for a job file that cannot be read: its path, what is wrong, what to do."""
+    what = f"missing key {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+    return ReportError(f"{path} cannot be read ({what}); fix or delete it, then rerun the report")
+
+
+def _dataset_kind(config: Any) -> str:
+    """FOLDER or SUBSET from the job's resolved config; "" for the full set or a config that does not say."""
+    dataset = config.get("dataset") if isinstance(config, dict) else None
+    if not isinstance(dataset, dict):
+        return ""
+    if dataset.get("source") == "folder":
+        return FOLDER
+    if dataset.get("source") == "hub" and (dataset.get("classes") or dataset.get("limit_per_class")):
+        return SUBSET
+    return ""
+
+
 def read_result(path: Path) -> JobResult:
     """One metrics.json; ``path`` is the file itself."""
     try:
-        payload = json.loads(path.read_text())
-        protocol = payload["protocol"]
+        payload = _object(json.loads(path.read_text()), "the file")
+        protocol = _object(payload["protocol"], "protocol")
+        not_computed = _object(protocol.get("not_computed", {}), "protocol.not_computed")
         return JobResult(
             path=path.parent,
             model=str(payload["model"]),
@@ -129,12 +183,14 @@ def read_result(path: Path) -> JobResult:
             protocol_params={k: v for k, v in protocol.items() if k != "name"},
             n_images=int(payload.get("n_images", 0)),
             n_skipped=int(payload.get("n_skipped", 0)),
-            metrics=_numeric(payload.get("metrics", {})),
-            model_stats=dict(payload.get("model_stats", {})),
+            metrics=_numeric(_object(payload.get("metrics", {}), "metrics")),
+            model_stats=dict(_object(payload.get("model_stats", {}), "model_stats")),
             finished=_timestamp(payload, path),
+            not_computed={str(key): str(reason) for key, reason in not_computed.items()},
+            dataset_kind=_dataset_kind(payload.get("config")),
         )
     except (ValueError, KeyError, TypeError) as exc:
-        raise ReportError(f"{path} is not a valid result file: {type(exc).__name__}: {exc}") from exc
+        raise _unreadable(path, exc) from exc
 
 
 def _names_from_dir(name: str, model: str | None, dataset: str | None) -> tuple[str, str]:
@@ -149,30 +205,42 @@ def _names_from_dir(name: str, model: str | None, dataset: str | None) -> tuple[
     return model or head, dataset or tail or "?"
 
 
+def _read_object(path: Path, load: Callable[[str], Any]) -> dict[str, Any]:
+    """A job file that must hold one object (``load`` parses its text), or the report's error naming it."""
+    try:
+        return _object(load(path.read_text()), "the file")
+    except (ValueError, TypeError, yaml.YAMLError) as exc:
+        raise _unreadable(path, exc) from exc
+
+
+def _plain(value: Any) -> str | None:
+    """A name as the job resolved it: non-empty text without an unresolved ``${...}``."""
+    return value if isinstance(value, str) and value and "${" not in value else None
+
+
 def read_failure(path: Path) -> FailedJob:
     """One error.json; model, dataset and protocol as the job resolved them, else from its Hydra config."""
-    record = json.loads(path.read_text())
-    error = record.get("error", "unknown error")
+    record = _read_object(path, json.loads)
     config_file = path.parent / HYDRA_CONFIG
     config: dict[str, Any] = {}
     if config_file.is_file():
-        config = yaml.safe_load(config_file.read_text()) or {}
+        config = _read_object(config_file, lambda text: yaml.safe_load(text) or {})
 
     def plain(group: str, key: str) -> str | None:
-        value = (config.get(group) or {}).get(key)
-        return value if isinstance(value, str) and "${" not in value else None
+        section = config.get(group)
+        return _plain(section.get(key)) if isinstance(section, dict) else None
 
     model, dataset = _names_from_dir(
         path.parent.name,
-        record.get("model") or plain("model", "name"),
-        record.get("dataset") or plain("dataset", "name"),
+        _plain(record.get("model")) or plain("model", "name"),
+        _plain(record.get("dataset")) or plain("dataset", "name"),
     )
     return FailedJob(
         path=path.parent,
         model=model,
         dataset=dataset,
-        protocol=record.get("protocol") or plain("metric", "protocol"),
-        error=str(error),
+        protocol=_plain(record.get("protocol")) or plain("metric", "protocol"),
+        error=str(record.get("error", "unknown error")),
         finished=path.stat().st_mtime,
     )
 
@@ -196,11 +264,15 @@ def select(root: Path, protocol: str | None = None) -> Selection:
     stays valid when a rerun fails.
     """
     results, failures = find_jobs(root)
-    if not results:
-        hint = f" ({len(failures)} failed job(s) with {ERROR_FILE})" if failures else ""
+    if failures and not results:
+        shown = "; ".join(f"{f.path}: {(f.error.splitlines() or ['?'])[0]}" for f in failures[:3])
+        more = f"; and {len(failures) - 3} more" if len(failures) > 3 else ""
         raise ReportError(
-            f"no {RESULT_FILE} found under {root}{hint}; pass the results folder with --results"
+            f"every job under {root} failed ({len(failures)} {ERROR_FILE}, no {RESULT_FILE}), "
+            f"so there is nothing to report: {shown}{more}"
         )
+    if not results:
+        raise ReportError(f"no {RESULT_FILE} found under {root}; pass the results folder with --results")
     counts = Counter(result.protocol for result in results)
     if protocol is None:
         if len(counts) > 1:

@@ -43,4 +43,5 @@ STAT_COLUMNS: tuple[StatColumn, ...] = (
     StatColumn("spatial_ratio", "Ratio", 0),
     StatColumn("latent_channels", "Channels", 0),
 )
-GFLOPS_SIZE = "256x256"  # the study counts one encode+decode of a 1x3x256x256 input
+GFLOPS_SIDE = 256  # the study counts one encode+decode of a 1x3x256x256 input
+GFLOPS_SIZE = f"{GFLOPS_SIDE}x{GFLOPS_SIDE}"  # the key of model_stats["gflops"] the table reads

@@ -21,7 +21,7 @@ from PIL import Image
 
 from vaes4rs.files import SAMPLES_DIR
 from vaes4rs.report.collect import ReportError, Selection
-from vaes4rs.report.labels import dataset_label, model_label, order_datasets, order_models
+from vaes4rs.report.labels import model_label, order_datasets, order_models
 
 FIGURE_FILES = ("figure.png", "figure.pdf")
 ORIGINALS = "originals"
@@ -36,6 +36,7 @@ class FigureImage:
     """One row group: a sample's ground truth and each model's reconstruction (None: not saved)."""
 
     dataset: str
+    label: str  # Selection.dataset_label, as the table prints the dataset
     key: str
     original: np.ndarray
     reconstructions: dict[str, np.ndarray | None]
@@ -79,7 +80,7 @@ def gather(selection: Selection, images_per_dataset: int, keys: list[str] | None
                 m: _load(jobs[m].path / SAMPLES_DIR / RECONSTRUCTIONS / f"{key}.png") if m in saved else None
                 for m in models
             }
-            chosen.append(FigureImage(dataset, key, original, recons))
+            chosen.append(FigureImage(dataset, selection.dataset_label(dataset), key, original, recons))
     if not chosen:
         raise ReportError(
             f"no saved samples ({SAMPLES_DIR}/{ORIGINALS} and {SAMPLES_DIR}/{RECONSTRUCTIONS}) "
@@ -165,7 +166,7 @@ def build_figure(images: list[FigureImage], models: list[str]) -> Figure:
                 )
                 error[col].set_xticks([])
                 error[col].set_yticks([])
-        full[0].set_ylabel(f"{dataset_label(img.dataset)}\n{img.key.rsplit('__', 1)[-1]}", fontsize=8)
+        full[0].set_ylabel(f"{img.label}\n{img.key.rsplit('__', 1)[-1]}", fontsize=8)
         zoom[0].set_ylabel(f"zoom x{ZOOM_FRACTION}", fontsize=8)
     if mappable is not None:
         fig.colorbar(mappable, ax=axes[:, -1], shrink=0.3, label="|error| (8-bit levels)")

@@ -11,6 +11,7 @@ import io
 from datetime import datetime
 from html import escape
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -19,7 +20,7 @@ from vaes4rs.files import PER_CLASS_FILE
 from vaes4rs.report.collect import ReportError, Selection, read_per_class
 from vaes4rs.report.columns import METRIC_COLUMNS
 from vaes4rs.report.figure import figure_for
-from vaes4rs.report.labels import dataset_label, model_label, order_datasets, order_models
+from vaes4rs.report.labels import model_label, order_datasets, order_models
 from vaes4rs.report.render import html_grid
 from vaes4rs.report.table import PaperTable
 
@@ -35,6 +36,7 @@ thead tr:last-child th { border-bottom: 1px solid #222; }
 tbody tr:last-child td { border-bottom: 2px solid #222; }
 th.group { border-bottom: 1px solid #888; text-align: center; }
 .note { font-size: 0.85rem; color: #444; max-width: 60rem; }
+.wide { overflow-x: auto; }  /* a table with intervals may be wider than the page: it scrolls alone */
 img { max-width: 100%; height: auto; display: block; margin: 0.5rem 0 1.5rem; }
 """
 
@@ -49,11 +51,21 @@ def _img(fig: Figure, alt: str) -> str:
     return f'<img alt="{escape(alt)}" src="data:image/png;base64,{_png(fig)}">'
 
 
+def _by_class(rows: list[dict[str, Any]], classes: list[str], key: str) -> np.ndarray:
+    """One column of per_class.csv in ``classes`` order; NaN where empty, absent or not finite."""
+    by_class = {str(row["class"]): row.get(key) for row in rows}
+    values = np.array([np.nan if by_class.get(c) is None else by_class[c] for c in classes], dtype=float)
+    values[~np.isfinite(values)] = np.nan
+    return values
+
+
 def per_class_chart(selection: Selection, dataset: str) -> Figure | None:
     """Horizontal grouped bars, one panel per per-image metric, classes down the page.
 
     Classes run down (not across) because 45 classes x 7 models only stay readable when
-    the chart grows in the direction a web page scrolls.
+    the chart grows in the direction a web page scrolls. A class's bootstrap 95 % interval
+    (``<metric>_ci95_lo``/``_hi`` in per_class.csv, when the protocol wrote them) is a black
+    line across its bar's end, drawn from end to end so an interval need not hold its mean.
     """
     per_model = {
         m: rows
@@ -74,19 +86,25 @@ def per_class_chart(selection: Selection, dataset: str) -> Figure | None:
     )
     axes = fig.subplots(1, len(columns), sharey=True, squeeze=False)[0]
     for ax, column in zip(axes, columns):
-        lowest = np.inf
+        lowest, with_intervals = np.inf, False
         for i, (model, rows) in enumerate(per_model.items()):
-            by_class = {str(row["class"]): row.get(column.key) for row in rows}
-            values = np.array(
-                [np.nan if by_class.get(c) is None else by_class[c] for c in classes], dtype=float
-            )
+            values = _by_class(rows, classes, column.key)
+            low, high = (_by_class(rows, classes, f"{column.key}_ci95_{end}") for end in ("lo", "hi"))
             offset = (i - (len(per_model) - 1) / 2) * height
             ax.barh(y + offset, values, height, label=model_label(model))
-            if np.isfinite(values).any():
-                lowest = min(lowest, float(np.nanmin(values)))
+            drawn = np.isfinite(values) & np.isfinite(low) & np.isfinite(high)
+            if drawn.any():
+                ax.hlines((y + offset)[drawn], low[drawn], high[drawn], colors="black", linewidth=0.8)
+                with_intervals = True
+            shown = np.concatenate([values, low[drawn]])
+            if np.isfinite(shown).any():
+                lowest = min(lowest, float(np.nanmin(shown)))
         if column.higher_is_better and np.isfinite(lowest) and lowest > 0:
             ax.set_xlim(left=0.95 * lowest)  # bars from 0 would hide differences of a few percent
-        ax.set_xlabel(f"{column.label} ({'higher' if column.higher_is_better else 'lower'} is better)")
+        direction = "higher" if column.higher_is_better else "lower"
+        ax.set_xlabel(
+            f"{column.label} ({direction} is better{'; lines: 95 % interval' if with_intervals else ''})"
+        )
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(y, classes, fontsize=8)
     axes[0].set_ylim(len(classes) - 0.5, -0.5)  # first class on top
@@ -110,7 +128,7 @@ def render(selection: Selection, table: PaperTable, images_per_dataset: int = 2)
         f'<p class="note">Results: {escape(str(selection.root))} &middot; protocol '
         f"<code>{escape(selection.protocol)}</code> &middot; written {datetime.now():%Y-%m-%d %H:%M}</p>",
         "<h2>Paper table</h2>",
-        html_grid(table, table.rows()),
+        f'<div class="wide">{html_grid(table, table.rows())}</div>',
         *(f'<p class="note">{escape(line)}</p>' for line in table.footnote),
     ]
     if table.failures:
@@ -119,13 +137,14 @@ def render(selection: Selection, table: PaperTable, images_per_dataset: int = 2)
         parts.append("</ul>")
     if table.published is not None:
         parts.append(f"<h3>This table minus the published numbers ({escape(table.published.path.name)})</h3>")
-        parts.append(html_grid(table, table.diff_rows()))
+        parts.append(f'<div class="wide">{html_grid(table, table.diff_rows())}</div>')
+        parts += [f'<p class="note">{escape(line)}</p>' for line in table.diff_notes]
     parts.append("<h2>Per-class results</h2>")
     for dataset in order_datasets(selection.datasets):
-        parts.append(f"<h3>{escape(dataset_label(dataset))}</h3>")
+        parts.append(f"<h3>{escape(table.dataset_label(dataset))}</h3>")
         chart = per_class_chart(selection, dataset)
         parts.append(
-            _img(chart, f"per-class means on {dataset_label(dataset)}")
+            _img(chart, f"per-class means on {table.dataset_label(dataset)}")
             if chart is not None
             else f'<p class="note">No {PER_CLASS_FILE} for this dataset.</p>'
         )

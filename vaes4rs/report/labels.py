@@ -4,6 +4,11 @@ The names, labels and order come from ``vaes4rs.catalog``, which the profiler re
 result names its model as its config did: ``sd21`` from a sweep, or a label-style name such as
 ``SD21-VAE`` from a local run of BiliSakura/VAEs; both print, sort and compare with the study's
 numbers as the same model. A name the study does not know prints as it is, after the study's.
+
+A dataset's label says what was scored, so a few local images never pass for the study's set:
+the study's label only for its full set from the hub (or a result that does not say);
+``RESISC45 (subset, 60 images)`` for part of it (``dataset.classes`` or ``limit_per_class``);
+``resisc45 (folder, 24 images)`` for a local folder, by its own name, whatever that name is.
 """
 
 from __future__ import annotations
@@ -49,3 +54,14 @@ def model_label(name: str) -> str:
 
 def dataset_label(name: str) -> str:
     return _DATASET_LABELS.get(canonical_dataset(name), name)
+
+
+FOLDER = "folder"  # dataset kinds that are not the named set as a whole
+SUBSET = "subset"
+
+
+def scored_dataset_label(name: str, kind: str, n_images: int) -> str:
+    """The label of what a dataset's jobs scored; ``kind`` is "", ``SUBSET`` or ``FOLDER``."""
+    if not kind:
+        return dataset_label(name)
+    return f"{name if kind == FOLDER else dataset_label(name)} ({kind}, {n_images:,} images)"

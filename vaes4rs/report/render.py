@@ -1,11 +1,13 @@
 """The paper table's grid in markdown, LaTeX and HTML, each format a small ``GridFormat``.
 
 The three grids print the same cells: the model's label, its stats, then each metric per
-dataset with the best bold and the second underlined, and each metric's direction as an arrow.
-How a format writes a mark, an arrow, a sign or special characters is its ``GridFormat``, so
-marking and arrows are written once; only the grid's frame (a markdown rule line, booktabs
-rules and ``\\multicolumn`` groups, ``<thead>``) differs per format. ``markdown_table`` is the
-plain markdown grid underneath, for any table of already formatted cells.
+dataset with the best bold and the second underlined, its bootstrap interval after it in
+brackets when the job has one, and each metric's direction as an arrow. How a format writes a
+mark, an interval, an arrow, a sign or special characters is its ``GridFormat``, so marking and
+arrows are written once; only the grid's frame (a markdown rule line, booktabs rules and
+``\\multicolumn`` groups, ``<thead>``) differs per format. Every label (model, dataset, metric)
+goes through the format's escape, so a name with ``|`` or ``_`` cannot break a grid.
+``markdown_table`` is the plain markdown grid underneath, for any table of already formatted cells.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from html import escape as html_escape
 
 from vaes4rs.report.columns import METRIC_COLUMNS, STAT_COLUMNS, MetricColumn
-from vaes4rs.report.labels import dataset_label, model_label
+from vaes4rs.report.labels import model_label
 from vaes4rs.report.table import Cell, PaperTable
 
 Rows = list[tuple[str, list[Cell]]]  # PaperTable.rows() or .diff_rows()
@@ -32,6 +34,9 @@ _TEX_SPECIAL = {
     "}": r"\}",
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
+    "|": r"\textbar{}",  # the default font encoding prints | < > as other glyphs
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
 }
 
 
@@ -41,8 +46,9 @@ def tex_escape(text: str) -> str:
     return re.sub(r'"([^"]*)"', r"``\1''", escaped)
 
 
-def _verbatim(text: str) -> str:
-    return text
+def markdown_escape(text: str) -> str:
+    """Text for a markdown table cell: a ``|`` would end the cell."""
+    return text.replace("|", r"\|")
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,7 @@ class GridFormat:
 
     best: str  # template with one {} for the cell's text
     second: str
+    interval: str  # template with two {} for the interval's ends, after the (marked) value
     up: str  # after the label of a metric where higher is better
     down: str
     escape: Callable[[str], str]
@@ -64,23 +71,35 @@ class GridFormat:
         text = self.escape(cell.text)
         if cell.signed and cell.value is not None:
             text = self.sign.format(text[0]) + text[1:]
-        return {"best": self.best, "second": self.second}.get(cell.mark, "{}").format(text)
+        text = {"best": self.best, "second": self.second}.get(cell.mark, "{}").format(text)
+        ends = cell.interval_text
+        return text + self.interval.format(*map(self.escape, ends)) if ends else text
 
     def body(self, rows: Rows) -> list[list[str]]:
         """Each row's printed cells, the model's label first."""
         return [[self.escape(model_label(model)), *map(self.cell, cells)] for model, cells in rows]
 
 
-MARKDOWN = GridFormat(best="**{}**", second="<u>{}</u>", up="↑", down="↓", escape=_verbatim)
+MARKDOWN = GridFormat(
+    best="**{}**", second="<u>{}</u>", interval=" [{}, {}]", up="↑", down="↓", escape=markdown_escape
+)
 LATEX = GridFormat(
     best=r"\textbf{{{}}}",
     second=r"\underline{{{}}}",
+    interval=r"\,{{\scriptsize[{}, {}]}}",
     up=r"$\uparrow$",
     down=r"$\downarrow$",
     escape=tex_escape,
     sign="${}$",
 )
-HTML = GridFormat(best="<strong>{}</strong>", second="<u>{}</u>", up="↑", down="↓", escape=html_escape)
+HTML = GridFormat(
+    best="<strong>{}</strong>",
+    second="<u>{}</u>",
+    interval=" <small>[{}, {}]</small>",
+    up="↑",
+    down="↓",
+    escape=html_escape,
+)
 _LEADING = ("Model", *(s.label for s in STAT_COLUMNS))  # the header of the columns before the metrics
 
 
@@ -101,7 +120,10 @@ def markdown_table(header: Sequence[str], align: str, rows: Iterable[Sequence[st
 
 def markdown_grid(table: PaperTable, rows: Rows) -> list[str]:
     """One header line: each metric column names its metric and its dataset."""
-    header = [*_LEADING, *(f"{MARKDOWN.metric(c)} {dataset_label(d)}" for c, d in table.columns)]
+    header = [
+        *_LEADING,
+        *(f"{MARKDOWN.metric(c)} {MARKDOWN.escape(table.dataset_label(d))}" for c, d in table.columns),
+    ]
     return markdown_table(header, "l" + "r" * (len(header) - 1), MARKDOWN.body(rows))
 
 
@@ -115,7 +137,7 @@ def latex_grid(table: PaperTable, rows: Rows) -> list[str]:
         rf"\cmidrule(lr){{{first + i * n_sets}-{first + (i + 1) * n_sets - 1}}}"
         for i in range(len(METRIC_COLUMNS))
     ]
-    header = [*_LEADING, *(dataset_label(d) for _, d in table.columns)]
+    header = [LATEX.escape(text) for text in [*_LEADING, *(table.dataset_label(d) for _, d in table.columns)]]
     return [
         rf"\begin{{tabular}}{{{spec}}}",
         r"\toprule",
@@ -134,7 +156,8 @@ def html_grid(table: PaperTable, rows: Rows) -> str:
     n_sets = len(table.datasets)
     groups = "".join(f'<th class="group" colspan="{n_sets}">{HTML.metric(c)}</th>' for c in METRIC_COLUMNS)
     header = "".join(
-        f"<th>{html_escape(text)}</th>" for text in [*_LEADING, *(dataset_label(d) for _, d in table.columns)]
+        f"<th>{html_escape(text)}</th>"
+        for text in [*_LEADING, *(table.dataset_label(d) for _, d in table.columns)]
     )
     body = "".join(
         "<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>" for cells in HTML.body(rows)

@@ -1,19 +1,26 @@
-"""The paper table's model: every cell, its best/second mark and the footnote, computed once.
+"""The paper table's model: every cell, its best/second mark, its interval and the footnote, computed once.
 
 ``build_table`` reads a Selection (and optionally the published numbers) into a PaperTable;
 ``render`` and ``table_files`` only print it, so markdown, LaTeX, HTML and CSV cannot disagree
-about a number, a mark or a missing cell. The layout follows the study (metric groups with one
-column per dataset, best bold, second underlined).
+about a number, a mark, an interval or a missing cell. The layout follows the study (metric
+groups with one column per dataset, best bold, second underlined).
+
+Marks compare values as printed (at the column's decimals), so a reader never sees two equal
+numbers marked differently: every value equal to the best is bold, and the second mark goes
+to every value equal to the next distinct one. A column with fewer than two values has no
+mark, one whose values all tie has no second, and NaN or inf prints N/A and is never ranked.
+Every N/A of a finished job is explained in the footnote by the reason the job recorded.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from vaes4rs.report.collect import Selection, number
+from vaes4rs.files import RESULT_FILE
+from vaes4rs.report.collect import JobResult, Selection, finite, number
 from vaes4rs.report.columns import GFLOPS_SIZE, METRIC_COLUMNS, STAT_COLUMNS, MetricColumn
 from vaes4rs.report.labels import (
     canonical_dataset,
@@ -25,12 +32,20 @@ from vaes4rs.report.labels import (
 )
 from vaes4rs.report.published import Published
 
+Interval = tuple[float, float]  # bootstrap 95 % (low, high)
+Cells = list[tuple[str, str]]  # (model, dataset)
+
 
 def model_stat(stats: dict[str, Any], key: str) -> float | None:
-    """One of the table's stats from metrics.json's model_stats; GFLOPs at the study's input size."""
+    """One of the table's stats from metrics.json's model_stats; GFLOPs at the study's input size.
+
+    GFLOPs are a mapping from input size to count; a bare number does not say at which size it
+    was counted, so it is N/A rather than a number in the wrong column.
+    """
     if key == "gflops":
-        return number((stats.get("gflops") or {}).get(GFLOPS_SIZE))
-    return number(stats.get(key))
+        gflops = stats.get("gflops")
+        return finite(number(gflops.get(GFLOPS_SIZE))) if isinstance(gflops, dict) else None
+    return finite(number(stats.get(key)))
 
 
 @dataclass(frozen=True)
@@ -41,12 +56,21 @@ class Cell:
     decimals: int
     mark: str = ""
     signed: bool = False
+    interval: Interval | None = None
 
     @property
     def text(self) -> str:
         if self.value is None:
             return "N/A"
         return f"{self.value:{'+' if self.signed else ''}.{self.decimals}f}"
+
+    @property
+    def interval_text(self) -> tuple[str, str] | None:
+        """The interval's ends at the cell's decimals; None when there is no value or no interval."""
+        if self.value is None or self.interval is None:
+            return None
+        low, high = self.interval
+        return f"{low:.{self.decimals}f}", f"{high:.{self.decimals}f}"
 
 
 def _minus(ours: float | None, theirs: float | None) -> float | None:
@@ -61,12 +85,24 @@ class PaperTable:
     models: list[str]
     datasets: list[str]
     stats: dict[str, dict[str, float | None]]
-    values: dict[tuple[str, str, str], float | None]  # (model, dataset, metric)
+    values: dict[tuple[str, str, str], float | None]  # (model, dataset, metric); NaN and inf are None
+    intervals: dict[tuple[str, str, str], Interval]
     marks: dict[tuple[str, str, str], str]
     n_images: dict[tuple[str, str], int]
+    dataset_labels: dict[str, str]  # Selection.dataset_label of each dataset
     footnote: list[str]
     failures: list[str]  # "label on dataset: error (path)", for the markdown only
     published: Published | None = None
+    diff_notes: list[str] = field(default_factory=list)  # under the difference table: why cells are N/A
+
+    def dataset_label(self, dataset: str) -> str:
+        return self.dataset_labels[dataset]
+
+    @property
+    def interval_keys(self) -> list[str]:
+        """Metric keys with an interval in at least one cell, in column order (the CSV's interval columns)."""
+        keys = {key for _, _, key in self.intervals}
+        return [c.key for c in METRIC_COLUMNS if c.key in keys]
 
     @property
     def columns(self) -> list[tuple[MetricColumn, str]]:
@@ -79,7 +115,12 @@ class PaperTable:
                 model,
                 [Cell(self.stats[model][s.key], s.decimals) for s in STAT_COLUMNS]
                 + [
-                    Cell(self.values[model, d, c.key], c.decimals, self.marks.get((model, d, c.key), ""))
+                    Cell(
+                        self.values[model, d, c.key],
+                        c.decimals,
+                        self.marks.get((model, d, c.key), ""),
+                        interval=self.intervals.get((model, d, c.key)),
+                    )
                     for c, d in self.columns
                 ],
             )
@@ -115,7 +156,7 @@ class PaperTable:
 
 
 def _marks(values: dict[str, float | None], column: MetricColumn) -> dict[str, str]:
-    """Best and second best of a column by the printed value, so ties print tied marks."""
+    """Best and second best of a column by the printed value (the tie rule of the module docstring)."""
     shown = {
         model: float(f"{value:.{column.decimals}f}")
         for model, value in values.items()
@@ -143,17 +184,18 @@ def _protocol_text(selection: Selection) -> str:
 
 
 def _counts_text(selection: Selection, models: list[str], datasets: list[str]) -> str:
-    """Images per dataset; a job that scored another count is named with its own."""
+    """Images per dataset (once: a folder's or subset's label has its count); another count is named."""
     parts = []
     for dataset in datasets:
-        jobs = [(m, selection.get(m, dataset)) for m in models if selection.get(m, dataset)]
+        label = selection.dataset_label(dataset)
+        jobs = [(m, job) for m in models if (job := selection.get(m, dataset))]
         if not jobs:
-            parts.append(f"{dataset_label(dataset)} no result")
+            parts.append(f"{label} no result")
             continue
-        common = Counter(job.n_images for _, job in jobs).most_common(1)[0][0]
+        common = selection.scored_images(dataset)
         others = [f"{model_label(m)} {job.n_images:,}" for m, job in jobs if job.n_images != common]
         skipped = sum(job.n_skipped for _, job in jobs)
-        text = f"{dataset_label(dataset)} {common:,} images"
+        text = label if selection.dataset_kind(dataset) else f"{label} {common:,} images"
         if others:
             text += f" ({', '.join(others)})"
         if skipped:
@@ -162,8 +204,105 @@ def _counts_text(selection: Selection, models: list[str], datasets: list[str]) -
     return "Images scored: " + "; ".join(parts) + "."
 
 
+def _interval(job: JobResult, key: str) -> Interval | None:
+    """The job's bootstrap interval of ``key`` when both ends are finite numbers."""
+    low, high = (finite(job.metrics.get(f"{key}_ci95_{end}")) for end in ("lo", "hi"))
+    return None if low is None or high is None else (low, high)
+
+
+def _why_na(job: JobResult, key: str) -> str:
+    """Why a finished job's cell is N/A, read from its metrics.json; the footnote prints it after the metric.
+
+    A recorded reason is cut to its first clause ("network weights missing (...)"): the rest names
+    files and commands, which the job's log and warning already gave.
+    """
+    value = job.metrics.get(key)
+    if value is not None:
+        return f"written as {value} in {RESULT_FILE}"
+    if key in job.not_computed:
+        return "not computed: " + job.not_computed[key].split(": ", 1)[0]
+    if job.protocol_params.get(key) is False:
+        return f"switched off (metric.{key}=false)"
+    return f"not computed, no reason recorded in {RESULT_FILE}"
+
+
+def _grouped(
+    found: dict[str, dict[str, Cells]], n_results: int, where: Callable[[str, str], str]
+) -> dict[str, str]:
+    """Reason -> the metrics it covers, each followed by its cells unless it covers every job."""
+    grouped = {}
+    for reason, by_metric in found.items():
+        parts = [
+            label if len(cells) == n_results else f"{label} ({', '.join(where(m, d) for m, d in cells)})"
+            for label, cells in by_metric.items()
+        ]
+        partial = any(len(cells) != n_results for cells in by_metric.values())
+        grouped[reason] = ("; " if partial and len(parts) > 1 else ", ").join(parts)
+    return grouped
+
+
+def _na_notes(
+    selection: Selection,
+    models: list[str],
+    columns: list[tuple[MetricColumn, str]],
+    values: dict[tuple[str, str, str], float | None],
+    intervals: dict[tuple[str, str, str], Interval],
+) -> list[str]:
+    """One line per reason a finished job's value or interval is missing, naming the cells unless all."""
+    missing: dict[str, dict[str, Cells]] = {}
+    no_interval: dict[str, dict[str, Cells]] = {}
+    for column, dataset in columns:
+        for model in models:
+            job = selection.get(model, dataset)
+            cell = (model, dataset, column.key)
+            if job is None:
+                continue
+            if values[cell] is None:
+                reason = _why_na(job, column.key)
+                missing.setdefault(reason, {}).setdefault(column.label, []).append((model, dataset))
+            elif cell not in intervals and (why := job.not_computed.get(f"{column.key}_ci95")):
+                reason = why.split(": ", 1)[0]
+                no_interval.setdefault(reason, {}).setdefault(column.label, []).append((model, dataset))
+
+    def where(model: str, dataset: str) -> str:
+        return f"{model_label(model)} on {selection.dataset_label(dataset)}"
+
+    n = len(selection.results)
+    return [f"N/A: {parts} {why}." for why, parts in _grouped(missing, n, where).items()] + [
+        f"No interval for {parts}: {why}." for why, parts in _grouped(no_interval, n, where).items()
+    ]
+
+
+def _diff_notes(
+    selection: Selection, models: list[str], datasets: list[str], published: Published
+) -> list[str]:
+    """Why difference cells are N/A (a model or dataset the published table lacks) and when they mislead."""
+    name = published.path.name
+    notes = []
+    unknown = [model_label(m) for m in models if canonical_model(m) not in published.stats]
+    if unknown:
+        known = ", ".join(model_label(m) for m in published.stats)
+        notes.append(f"N/A: {', '.join(unknown)} not in {name}, which has {known}.")
+    covered = {dataset for _, dataset in published.metrics}
+    unknown = [selection.dataset_label(d) for d in datasets if canonical_dataset(d) not in covered]
+    if unknown:
+        known = ", ".join(dataset_label(d) for d in dict.fromkeys(d for _, d in published.metrics))
+        notes.append(f"N/A: {', '.join(unknown)} not in {name}, which has {known}.")
+    partial = [
+        selection.dataset_label(d)
+        for d in datasets
+        if selection.dataset_kind(d) and canonical_dataset(d) in covered
+    ]
+    if partial:
+        notes.append(
+            f"{', '.join(partial)}: not the study's full dataset, so the differences also reflect "
+            "which images were scored."
+        )
+    return notes
+
+
 def build_table(selection: Selection, published: Published | None = None) -> PaperTable:
-    """Read every cell from the selection; N/A (None) wherever a job is missing or failed."""
+    """Read every cell from the selection; N/A (None) wherever a job is missing, failed or wrote NaN/inf."""
     models = order_models(selection.models)
     datasets = order_datasets(selection.datasets)
     stats: dict[str, dict[str, float | None]] = {}
@@ -174,14 +313,17 @@ def build_table(selection: Selection, published: Published | None = None) -> Pap
         newest = jobs[-1].model_stats if jobs else {}
         stats[model] = {s.key: model_stat(newest, s.key) for s in STAT_COLUMNS}
     values: dict[tuple[str, str, str], float | None] = {}
+    intervals: dict[tuple[str, str, str], Interval] = {}
     marks: dict[tuple[str, str, str], str] = {}
     for column in METRIC_COLUMNS:
         for dataset in datasets:
             column_values = {}
             for model in models:
                 job = selection.get(model, dataset)
-                column_values[model] = job.metrics.get(column.key) if job else None
-                values[model, dataset, column.key] = column_values[model]
+                value = finite(job.metrics.get(column.key)) if job else None
+                column_values[model] = values[model, dataset, column.key] = value
+                if job and value is not None and (interval := _interval(job, column.key)):
+                    intervals[model, dataset, column.key] = interval
             for model, mark in _marks(column_values, column).items():
                 marks[model, dataset, column.key] = mark
     n_images = {cell: job.n_images for cell, job in selection.results.items()}
@@ -194,23 +336,25 @@ def build_table(selection: Selection, published: Published | None = None) -> Pap
         f"GFLOPs: one encode+decode of a 1x3x{GFLOPS_SIZE} input (2 FLOPs per multiply-add). "
         "Ratio: input side / latent side. Channels: latent channels.",
         f"Best in bold, second underlined (higher is better for {', '.join(better)}; "
-        f"lower for {', '.join(worse)}).",
+        f"lower for {', '.join(worse)}); values that print the same share a mark.",
     ]
+    if intervals:
+        footnote.append(
+            "In brackets: the bootstrap 95 % confidence interval over images; marks compare the values."
+        )
+    labels = {d: selection.dataset_label(d) for d in datasets}
+    columns = [(column, dataset) for column in METRIC_COLUMNS for dataset in datasets]
+    footnote += _na_notes(selection, models, columns, values, intervals)
     failed = [selection.failures[cell] for cell in sorted(selection.failures)]
+    if failed:
+        names = ", ".join(f"{model_label(f.model)} on {labels[f.dataset]}" for f in failed)
+        footnote.append(f"N/A: job failed ({names}).")
     missing = [
-        f"{model_label(m)} on {dataset_label(d)}"
+        f"{model_label(m)} on {labels[d]}"
         for m in models
         for d in datasets
         if (m, d) not in selection.results and (m, d) not in selection.failures
     ]
-    absent = [
-        c.label for c in METRIC_COLUMNS if all(values[m, d, c.key] is None for m in models for d in datasets)
-    ]
-    if absent:
-        footnote.append(f"N/A: {', '.join(absent)} not computed by this protocol's jobs.")
-    if failed:
-        names = ", ".join(f"{model_label(f.model)} on {dataset_label(f.dataset)}" for f in failed)
-        footnote.append(f"N/A: job failed ({names}).")
     if missing:
         footnote.append(f"N/A: no job ({', '.join(missing)}).")
     if published is not None:
@@ -232,11 +376,12 @@ def build_table(selection: Selection, published: Published | None = None) -> Pap
         datasets=datasets,
         stats=stats,
         values=values,
+        intervals=intervals,
         marks=marks,
         n_images=n_images,
+        dataset_labels=labels,
         footnote=footnote,
-        failures=[
-            f"{model_label(f.model)} on {dataset_label(f.dataset)}: {f.error} ({f.path})" for f in failed
-        ],
+        failures=[f"{model_label(f.model)} on {labels[f.dataset]}: {f.error} ({f.path})" for f in failed],
         published=published,
+        diff_notes=_diff_notes(selection, models, datasets, published) if published else [],
     )

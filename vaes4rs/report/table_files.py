@@ -1,7 +1,8 @@
 """paper_table.md, .tex and .csv: the paper table's documents around ``render``'s grids.
 
 Markdown and LaTeX carry the rounded, marked grid with its footnote (and the difference table
-when published numbers are given); the CSV carries the unrounded numbers for further analysis.
+when published numbers are given, with why its cells are N/A); the CSV carries the unrounded
+numbers for further analysis, and the interval ends of every metric that has one.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def to_markdown(table: PaperTable) -> str:
     if table.published is not None:
         lines += ["", f"### This table minus the published numbers ({table.published.path.name})", ""]
         lines += markdown_grid(table, table.diff_rows())
+        lines += ["", *table.diff_notes] if table.diff_notes else []
     return "\n".join(lines) + "\n"
 
 
@@ -57,7 +59,12 @@ def to_latex(table: PaperTable) -> str:
             "",
             *_latex_float(
                 latex_grid(table, table.diff_rows()),
-                f"This table minus the published numbers ({table.published.path.name}).",
+                " ".join(
+                    [
+                        f"This table minus the published numbers ({table.published.path.name}).",
+                        *table.diff_notes,
+                    ]
+                ),
                 "tab:vae-reconstruction-vs-published",
             ),
         ]
@@ -65,13 +72,19 @@ def to_latex(table: PaperTable) -> str:
 
 
 def to_csv(table: PaperTable) -> str:
-    """Unrounded numbers, one row per model; an empty field is N/A. Columns ``<dataset>_<metric>``."""
+    """Unrounded numbers, one row per model; an empty field is N/A. Columns ``<dataset>_<metric>``, each
+    followed by ``_ci95_lo`` and ``_ci95_hi`` for a metric that has an interval in any cell."""
     rows = []
+    with_interval = set(table.interval_keys)
     for model in table.models:
         row: dict[str, Any] = {"model": model, "label": model_label(model), "protocol": table.protocol}
         row.update({s.key: table.stats[model][s.key] for s in STAT_COLUMNS})
         row.update({f"{d}_n_images": table.n_images.get((model, d)) for d in table.datasets})
-        row.update({f"{d}_{c.key}": table.values[model, d, c.key] for c, d in table.columns})
+        for c, d in table.columns:
+            row[f"{d}_{c.key}"] = table.values[model, d, c.key]
+            if c.key in with_interval:
+                low, high = table.intervals.get((model, d, c.key), (None, None))
+                row[f"{d}_{c.key}_ci95_lo"], row[f"{d}_{c.key}_ci95_hi"] = low, high
         if table.published is not None:
             for s in STAT_COLUMNS:
                 row[f"{s.key}_published"] = table.published_stat(model, s.key)
