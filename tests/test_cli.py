@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import re
@@ -102,13 +103,19 @@ def study_reference(model_dir: Path, files: list[Path], group: int) -> tuple[flo
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL.from_pretrained(model_dir).eval()
-    generator = torch.Generator().manual_seed(42)
+
+    def generator(path: Path) -> torch.Generator:
+        """The recorded noise rule: sha256('<seed>:<class>/<file>'), first 8 bytes little-endian, 63 bits."""
+        digest = hashlib.sha256(f"42:{path.parent.name}/{path.name}".encode()).digest()
+        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
     psnrs, ssims = [], []
     for start in range(0, len(files), group):
-        pixels = [torch.from_numpy(read_image(f)).permute(2, 0, 1) for f in files[start : start + group]]
+        chunk = files[start : start + group]
+        pixels = [torch.from_numpy(read_image(f)).permute(2, 0, 1) for f in chunk]
         x = (torch.stack(pixels).float() / 255 - 0.5) / 0.5
         with torch.no_grad():
-            z = vae.encode(x).latent_dist.sample(generator=generator)
+            z = vae.encode(x).latent_dist.sample(generator=[generator(f) for f in chunk])
             recon = vae.decode(z).sample.clamp(-1, 1)
         psnrs.append(PeakSignalNoiseRatio(data_range=2.0)(recon, x).item())
         ssims.append(StructuralSimilarityIndexMeasure(data_range=2.0)(recon, x).item())

@@ -23,6 +23,7 @@ from vaes4rs.device import resolve_dtype
 from vaes4rs.distributed import SINGLE_PROCESS, Ranks, gather
 from vaes4rs.metrics.suite import MetricSuite
 from vaes4rs.models.adapter import NOISE_RULE, VAEAdapter
+from vaes4rs.models.compile import compile_vae
 from vaes4rs.models.cost import model_stats
 from vaes4rs.models.zoo import load_vae
 from vaes4rs.preflight import ReadyJob
@@ -95,6 +96,8 @@ def evaluate(
     if dataset.scan.ignored:
         log.warning("files in the class folders that are not images, ignored: %s", dataset.scan.ignored)
     module = load_vae(cfg.model, device, dtype)
+    if cfg.run.compile:
+        compile_vae(module, channels_last=True)
     adapter = VAEAdapter(
         module,
         name=cfg.model.name,
@@ -220,6 +223,7 @@ def evaluate(
             "dtype": str(dtype).removeprefix("torch."),
             "batch_size": cfg.run.batch_size,
             "processes": ranks.world,
+            "compiled": cfg.run.compile,
         },
         "versions": results.software_versions(),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -1,0 +1,1 @@
+"""Benchmarks that measure the package on the machine at hand (``python -m benchmarks.<name>``)."""
