@@ -70,6 +70,9 @@ def test_non_finite_output_is_an_error_or_upcast(tiny_models: Path) -> None:
     x = torch.rand(1, 3, 16, 16) * 2 - 1
     with pytest.raises(NonFiniteOutputError, match=r"model 'sd21' in torch.bfloat16.*\['img_1'\]"):
         VAEAdapter(module, name="sd21").reconstruct(x, ["img_1"])
+    ids = [f"img_{i}" for i in range(9)]  # the message names the first eight
+    with pytest.raises(NonFiniteOutputError, match=r"'img_7'\]; run with"):
+        VAEAdapter(module, name="sd21").reconstruct(x.expand(9, -1, -1, -1), ids)
     adapter = VAEAdapter(module, name="sd21", upcast_on_overflow=True)
     with pytest.raises(NonFiniteOutputError, match="torch.float32"):  # inf in float32 too: no number
         adapter.reconstruct(x, ["img_1"])
@@ -82,8 +85,10 @@ def test_half_precision_overflow_is_rerun_in_float32(tiny_models: Path) -> None:
     x = torch.rand(1, 3, 16, 16) * 2 - 1
     with pytest.raises(NonFiniteOutputError, match="torch.float16"):
         VAEAdapter(module, name="sdxl").reconstruct(x)
-    recon = VAEAdapter(module, name="sdxl", latent="mode", upcast_on_overflow=True).reconstruct(x)
-    expected = VAEAdapter(module.float(), name="sdxl", latent="mode").reconstruct(x.half().float())
+    ids = ["scenes/a.png"]  # a sampled latent: the rerun draws the same image's noise
+    recon = VAEAdapter(module, name="sdxl", upcast_on_overflow=True).reconstruct(x, ids)
+    assert all(p.dtype == torch.float16 for p in module.parameters())  # the rerun works on a copy
+    expected = VAEAdapter(module.float(), name="sdxl").reconstruct(x.half().float(), ids)
     assert torch.isfinite(recon).all() and torch.allclose(recon, expected, atol=1e-5)
 
 

@@ -18,6 +18,7 @@ from torch import nn
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 
 from tests.conftest import CONF_DIR
+from tests.metric_weights import known_level_pairs
 from vaes4rs.config import MetricConfig, register_configs, validate
 from vaes4rs.metrics import fid, perceptual, pixel, stats, weights
 from vaes4rs.metrics.suite import MetricSuite
@@ -143,22 +144,27 @@ def test_group_mean_and_pooled_psnr() -> None:
     assert stats.group_mean(values, 1) == pytest.approx(7.2)
     assert stats.group_mean(values, 2) == pytest.approx((1.5 + 6.5 + 20.0) / 3)
     mse = np.array([0.01, 0.04, 0.02])
-    per_image = pixel.psnr_from_mse(mse, 2.0)
+    per_image = 10 * np.log10(4.0 / mse)  # range 2: 26.02, 20.00, 23.01 dB
     assert pixel.pooled_psnr(mse, np.ones(3), 1, 2.0) == pytest.approx(per_image.mean())
     # Pooling averages errors before the log: an image twice the size weighs twice.
     pooled = pixel.pooled_psnr(mse[:2], np.array([1.0, 2.0]), 2, 2.0)
-    assert pooled == pytest.approx(pixel.psnr_from_mse((0.01 + 2 * 0.04) / 3, 2.0))
+    assert pooled == pytest.approx(10 * np.log10(4.0 / ((0.01 + 2 * 0.04) / 3)))
 
 
 def test_bootstrap_ci_is_seeded_chunk_free_and_about_right(monkeypatch: pytest.MonkeyPatch) -> None:
     values = np.random.default_rng(3).normal(5.0, 2.0, 400)
-    low, high = stats.bootstrap_ci(values, 2000, seed=1)
+    low, high = stats.bootstrap_ci(values, 2001, seed=1)
     assert low < values.mean() < high
     # A normal-theory 95% half-width is 1.96 * sd / sqrt(n); the bootstrap's is close to it.
     assert (high - low) / 2 == pytest.approx(1.96 * values.std() / np.sqrt(len(values)), rel=0.1)
-    assert stats.bootstrap_ci(values, 2000, seed=1) == (low, high)
-    monkeypatch.setattr(stats, "_CHUNK_VALUES", 1000)  # 2 resamples per chunk, same draws
-    assert stats.bootstrap_ci(values, 2000, seed=1) == (low, high)
+    assert stats.bootstrap_ci(values, 2001, seed=1) == (low, high)
+    monkeypatch.setattr(stats, "_CHUNK_VALUES", 1000)  # 2 resamples per chunk, the last one short
+    assert stats.bootstrap_ci(values, 2001, seed=1) == (low, high)
+    # A float32 column is averaged in float64 too, to the last digit.
+    single = values.astype(np.float32)
+    assert stats.bootstrap_ci(single, 2001, seed=1) == stats.bootstrap_ci(
+        single.astype(np.float64), 2001, seed=1
+    )
 
 
 def test_suite_reports_ci_keys_and_records_the_protocol() -> None:
@@ -186,7 +192,8 @@ def test_switched_off_metrics_are_absent_not_zero() -> None:
 
 
 def test_casts_follow_the_protocol() -> None:
-    original, recon = images(2)
+    pairs = known_level_pairs(2, 32, 32, seed=0)
+    original, recon = pairs.x, pairs.recon
     cpu, bf16 = torch.device("cpu"), torch.bfloat16
     paper = MetricSuite(replace(load_protocol("paper"), **NO_NETWORKS), cpu, bf16)
     pred, target = paper.prepare(recon, original)
@@ -196,17 +203,17 @@ def test_casts_follow_the_protocol() -> None:
     )
     pred, target = standard.prepare(recon, original)
     assert torch.equal(target, original)
-    assert torch.equal(pred, pixel.to_uint8(recon, "round").float() / 127.5 - 1)
+    assert torch.equal(pred, pairs.rounded.float() / 127.5 - 1)  # the levels the test fixed
 
 
 def test_fid_streams_statistics_equal_to_torch_fidelity_on_all_features(stub_inception) -> None:
     """Running float64 sums over batches give torch-fidelity's FID of the stacked features."""
     cfg = replace(load_protocol("standard"), psnr=False, ssim=False, lpips=False, kid=False)
     suite = MetricSuite(cfg, torch.device("cpu"), torch.float32)
-    original, recon = images(60)  # more images than feature dimensions: full-rank covariances
-    metrics = run(suite, original, recon, batch=7)
+    pairs = known_level_pairs(60, 32, 32, seed=0)  # more images than feature dimensions: full rank
+    metrics = run(suite, pairs.x, pairs.recon, batch=7)
     stub = StubInception()
-    real, fake = stub(pixel.to_uint8(original, "round")), stub(pixel.to_uint8(recon, "round"))
+    real, fake = stub(pairs.originals), stub(pairs.rounded)  # the 8-bit pictures the test fixed
     real_stats, fake_stats = fid_features_to_statistics(real), fid_features_to_statistics(fake)
     expected = fid_statistics_to_metric(real_stats, fake_stats, verbose=False)["frechet_inception_distance"]
     # FID (1.6e-3 here) is a small difference of traces (Tr S1 + Tr S2 = 0.68 here) and
@@ -233,7 +240,7 @@ def test_fid_of_one_image_is_absent_with_a_reason(stub_inception) -> None:
     cfg = replace(load_protocol("paper"), psnr=False, ssim=False, lpips=False)
     suite = MetricSuite(cfg, torch.device("cpu"), torch.float32)
     assert run(suite, *images(1)) == {}
-    assert "at least 2 images" in suite.protocol()["not_computed"]["fid"]
+    assert suite.protocol()["not_computed"]["fid"] == "needs at least 2 images, got 1"
 
 
 def test_explicit_weight_path_that_is_missing_names_file_and_source(tmp_path) -> None:
@@ -264,6 +271,7 @@ def test_missing_weights_skip_the_metric_loudly_by_default(
     assert "lpips" not in metrics and {"psnr", "ssim"} <= set(metrics)  # absent, never zero
     assert "alexnet-owt-7be5be79.pth" in suite.protocol()["not_computed"]["lpips"]
     assert "lpips skipped" in caplog.text and "download.pytorch.org" in caplog.text
+    assert not any("not computed" in message for message in caplog.messages)  # said once, when skipped
 
 
 def test_missing_cache_file_offline_says_where_to_put_it(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -301,12 +309,13 @@ def test_valid_ssim_crops_the_window_radius() -> None:
         pixel.ssim_per_image(recon[..., :10, :10], original[..., :10, :10], 2.0, "valid")
 
 
-def test_no_confidence_interval_from_one_image() -> None:
+def test_no_confidence_interval_from_one_image(caplog: pytest.LogCaptureFixture) -> None:
     cfg = replace(load_protocol("standard"), lpips=False, fid=False, kid=False)
     suite = MetricSuite(cfg, torch.device("cpu"), torch.float32)
     metrics = run(suite, *images(1))
     assert "psnr" in metrics and "psnr_ci95_lo" not in metrics
-    assert "at least 2 images" in suite.protocol()["not_computed"]["psnr_ci95"]
+    assert suite.protocol()["not_computed"]["psnr_ci95"] == "a confidence interval needs at least 2 images"
+    assert "psnr_ci95 not computed: a confidence interval needs at least 2 images" in caplog.messages
     two = MetricSuite(cfg, torch.device("cpu"), torch.float32)
     bounded = run(two, *images(2))
     assert bounded["psnr_ci95_lo"] <= bounded["psnr"] <= bounded["psnr_ci95_hi"]
