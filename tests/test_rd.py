@@ -277,7 +277,7 @@ def test_real_taef2_rd_on_resisc45_samples(compose_conf, tmp_path: Path) -> None
     needs_shared(RS_SAMPLES / "resisc45")
     root = tmp_path / "resisc45"
     (root / "airport").mkdir(parents=True)
-    for source in sorted((RS_SAMPLES / "resisc45" / "airport").iterdir())[:2]:
+    for source in sorted((RS_SAMPLES / "resisc45" / "airport").iterdir())[:1]:
         (root / "airport" / source.name).symlink_to(source)
     cfg = rd_config(
         compose_conf,
@@ -285,6 +285,7 @@ def test_real_taef2_rd_on_resisc45_samples(compose_conf, tmp_path: Path) -> None
         f"model.path={taef2}",
         "dataset=folder",
         f"dataset.root={root}",
+        "dataset.resize=[128,128]",  # real pixels, a quarter of the compute; decoding resizes the same way
         "dataset.num_workers=0",
         "metric.lpips=false",
         "metric.ms_ssim=false",
@@ -296,7 +297,7 @@ def test_real_taef2_rd_on_resisc45_samples(compose_conf, tmp_path: Path) -> None
     out.mkdir()
     rows = {(r["method"], r.get("storage", ""), r.get("param", "")): r for r in rd_job(cfg, out, "test")}
     half, packed = rows[("vae", "float16", "")], rows[("vae", "uint8+zstd", "")]
-    assert 8.0 < half["bpp"] < 8.1 and 3.0 < packed["bpp"] < 4.0  # 32 channels at 1/8: 8 bpp in float16
+    assert 8.0 < half["bpp"] < 8.1 and 3.5 < packed["bpp"] < 4.125  # 32 channels at 1/8: 8 bpp in float16
     assert 28 < rows[("vae", "direct", "")]["psnr"] < 36  # a real autoencoder, not a plumbing error
     assert abs(half["psnr"] - rows[("vae", "direct", "")]["psnr"]) < 0.01
     assert not (out / "latents").exists()  # rd.keep_latents=false

@@ -196,7 +196,8 @@ def export(cfg: EncodeConfig, out_dir: Path, command: str) -> dict[str, Any]:
             if batch["images"] is None:
                 continue
             images = batch["images"]
-            latents = encode_latents(adapter, to_minus_one_one(images.to(device)))
+            ids = [record.image_id for record in batch["records"]]
+            latents = encode_latents(adapter, to_minus_one_one(images.to(device)), ids)
             height, width = int(images.shape[-2]), int(images.shape[-1])
             for record, latent in zip(batch["records"], latents):
                 writer.add(record, latent, height, width, file_sha256(record.path))

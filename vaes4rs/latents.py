@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader, Dataset
 from vaes4rs.config import Choice, DType, ModelConfig, ModelLoader
 from vaes4rs.data import ImageFolderSource, ImageRecord, SameSizeBatches
 from vaes4rs.errors import InputError
-from vaes4rs.models.adapter import NonFiniteOutputError, VAEAdapter
+from vaes4rs.models.adapter import NOISE_RULE, NonFiniteOutputError, VAEAdapter
 
 log = logging.getLogger(__name__)
 
@@ -426,7 +426,8 @@ def dataset_card(meta: dict[str, Any]) -> str:
         ("compute dtype", model["dtype"]),
         (
             "latent policy",
-            f"{latent['policy']}" + ("" if latent["deterministic"] else f", seed {latent['seed']}"),
+            f"{latent['policy']}"
+            + ("" if latent["deterministic"] else f" (seed {latent['seed']}; {NOISE_RULE})"),
         ),
         ("scaling factor", _fmt(model.get("scaling_factor"))),
         ("shift factor", _fmt(model.get("shift_factor"))),
@@ -637,11 +638,15 @@ class LatentDataset(Dataset):
 # --- Encoding and decoding a batch -------------------------------------------------------------
 
 
-def encode_latents(adapter: VAEAdapter, images: torch.Tensor) -> torch.Tensor:
-    """Latents of [-1, 1] images (B, 3, H, W), padded as ``reconstruct`` pads them."""
+def encode_latents(adapter: VAEAdapter, images: torch.Tensor, image_ids: Sequence[str] = ()) -> torch.Tensor:
+    """Latents of [-1, 1] images (B, 3, H, W), padded as ``reconstruct`` pads them.
+
+    ``image_ids`` seed each image's noise when the policy samples (the adapter's rule), so a
+    sampled export holds the latents ``vaes4rs.run`` would draw for the same images.
+    """
     with torch.no_grad():
         padded, _ = adapter.pad(images.to(adapter.device, adapter.dtype))
-        z = adapter.encode(padded)
+        z = adapter.encode(padded, image_ids=image_ids)
     if not torch.isfinite(z).all():
         raise NonFiniteOutputError(
             f"model '{adapter.name}' in {z.dtype} produced non-finite latents; use model.dtype=float32"

@@ -166,7 +166,7 @@ def image_set_id(records: list[ImageRecord], hashes: dict[int, str]) -> str:
 
 @dataclass
 class Measured:
-    """What the first pass saw: the images (with their files' hashes and bytes) and codec sizes."""
+    """What the first pass saw: the images, their files' hashes and bytes, and their pixels."""
 
     records: list[ImageRecord] = field(default_factory=list)
     hashes: dict[int, str] = field(default_factory=dict)
@@ -189,7 +189,7 @@ def codecs_and_export(
             raise CorruptImageError(f"{error} (rd measures every image: remove or fix the file)")
         images = batch["images"]
         original = to_minus_one_one(images.to(adapter.device))
-        latents = encode_latents(adapter, original)
+        latents = encode_latents(adapter, original, [r.image_id for r in batch["records"]])
         height, width = int(images.shape[-2]), int(images.shape[-1])
         for record, latent in zip(batch["records"], latents):
             seen.hashes[record.index] = file_sha256(record.path)

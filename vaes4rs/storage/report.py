@@ -251,6 +251,12 @@ def figure(rows: Sequence[dict[str, Any]], out_base: Path) -> None:
     for row_axes, image_set in zip(axes, sets):
         group = [r for r in rows if r["image_set"] == image_set]
         for ax, metric in zip(row_axes, metrics):
+            if not any(_finite(r.get(metric)) for r in group):
+                ax.set_axis_off()
+                ax.text(
+                    0.5, 0.5, f"{METRIC_LABELS[metric]}: not measured", ha="center", transform=ax.transAxes
+                )
+                continue
             for codec in CODECS:
                 curve = sorted(
                     (r for r in group if r["method"] == codec and _finite(r.get(metric))),
@@ -306,7 +312,8 @@ def figure(rows: Sequence[dict[str, Any]], out_base: Path) -> None:
         fontsize=8,
         bbox_to_anchor=(0.5, 0.0),
     )
-    fig.tight_layout(rect=(0, 0.06 + 0.025 * math.ceil(len(handles) / 5), 1, 1))
+    legend_inches = 0.3 + 0.22 * math.ceil(len(handles) / 5)
+    fig.tight_layout(rect=(0, legend_inches / fig.get_figheight(), 1, 1))
     for suffix in (".png", ".pdf"):
         fig.savefig(out_base.with_suffix(suffix), dpi=150)
     plt.close(fig)
