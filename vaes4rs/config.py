@@ -50,6 +50,34 @@ class ModelLoader(Choice):
 class DatasetSource(Choice):
     hub = "hub"
     folder = "folder"
+    latents = "latents"  # a latent dataset written by vaes4rs.encode: decoded, scored against its sources
+    scene = "scene"  # one large raster (dataset.path), evaluated in tiles
+
+
+class Stretch(Choice):
+    none = "none"  # 8-bit data as is; 16-bit scaled by its dtype's range
+    minmax = "minmax"
+    percentile = "percentile"  # dataset.stretch_percentiles, per band
+
+
+class StretchScope(Choice):
+    image = "image"  # limits from each image (or scene) itself
+    dataset = "dataset"  # one set of limits per band for the whole dataset
+
+
+class BandMode(Choice):
+    rgb = "rgb"  # the three bands dataset.bands names (or the file's first three) as RGB
+    each = "each"  # every band alone, as grayscale replicated to three channels
+
+
+class Reference(Choice):
+    clean = "clean"  # score against the image before dataset.degrade (and score the degraded input too)
+    input = "input"  # score against what the VAE was given (the study's code)
+
+
+class ProbeClassifier(Choice):
+    linear = "linear"
+    knn = "knn"
 
 
 class LatentPolicy(Choice):
@@ -105,7 +133,7 @@ class LoggerBackend(Choice):
 
 
 # Network files the metrics read; metric.weights.<key>=<file> overrides the default location.
-METRIC_WEIGHT_KEYS = ("alexnet", "lpips_alex", "inception", "vgg16", "lpips_vgg", "dists")
+METRIC_WEIGHT_KEYS = ("alexnet", "lpips_alex", "inception", "vgg16", "lpips_vgg", "dists", "clip")
 
 
 @dataclass
@@ -125,6 +153,32 @@ class ModelConfig:
     dtype: DType = DType.auto
     allow_pickle: bool = False
     upcast_on_overflow: bool = False
+
+
+@dataclass
+class DegradeConfig:
+    """Degradations applied to every input on the fly, seeded per image (experiments/degradation).
+
+    Applied in the order haze, blur, down-then-up sampling, noise, JPEG; the defaults apply none.
+    """
+
+    haze_t: float = 1.0  # transmission t of I = J t + A (1 - t); 1: no haze
+    haze_airlight: float = 1.0  # airlight A on [0, 1]
+    blur_sigma: float = 0.0  # Gaussian blur, in pixels
+    downsample: int = 1  # down- then up-sampling factor (bicubic)
+    noise_sigma: float = 0.0  # Gaussian noise, standard deviation on the [0, 1] pixel scale
+    jpeg_quality: int | None = None  # re-encode as JPEG at this quality (1-100)
+    seed: int = 0
+
+    @property
+    def active(self) -> bool:
+        return (
+            self.haze_t < 1.0
+            or self.blur_sigma > 0
+            or self.downsample > 1
+            or self.noise_sigma > 0
+            or self.jpeg_quality is not None
+        )
 
 
 @dataclass
@@ -148,6 +202,17 @@ class DatasetConfig:
     # image: a 6000x6000 image needs several GB through an SD-class VAE); tile such scenes.
     max_pixels: int = 4096 * 4096
     num_workers: int = 2
+    degrade: DegradeConfig = field(default_factory=DegradeConfig)
+    # Rasters (multi-band, 16-bit or float TIFF/GeoTIFF) and whole scenes.
+    path: str | None = None  # scene: the raster file
+    bands: list[int] | None = None  # 1-based, as GDAL counts; None: the first three
+    band_mode: BandMode = BandMode.rgb
+    stretch: Stretch = Stretch.none
+    stretch_percentiles: list[float] = field(default_factory=lambda: [2.0, 98.0])
+    stretch_scope: StretchScope = StretchScope.image
+    tile: int = 512  # scene tiles (pixels) and their overlap
+    overlap: int = 64
+    blend: bool = True  # blend overlapping tiles with a smooth window (else: each pixel from one tile)
 
 
 @dataclass
@@ -183,6 +248,14 @@ class MetricConfig:
     # A metric network's file missing and not downloadable: "skip" warns (naming the file and where
     # to get it), leaves the metric out and records why; "error" stops the job with that message.
     missing_weights: MissingWeights = MissingWeights.skip
+    reference: Reference = Reference.clean  # what reconstructions are scored against under dataset.degrade
+    # CMMD (Jayasumana et al. 2024): CLIP ViT-L/14-336 embeddings, RBF sigma 10, MMD^2 x 1000.
+    cmmd: bool = False
+    # Frozen-backbone probe: a timm model name (e.g. resnet50); classes fit on originals' features.
+    probe: str | None = None
+    probe_classifier: ProbeClassifier = ProbeClassifier.linear
+    probe_train_fraction: float = 0.5  # of each class's images, seeded split
+    probe_seed: int = 0
 
 
 @dataclass
@@ -209,6 +282,8 @@ class RunSettings:
     # torch.compile of the VAE's encoder and decoder (static shapes, channels_last): faster on a
     # GPU after a compilation per image size; results move at bf16 rounding level (experiments/throughput).
     compile: bool = False
+    # Write every reconstruction as a lossless PNG in the source's class layout (+ a card).
+    save_reconstructions: bool = False
 
 
 @dataclass
@@ -234,6 +309,36 @@ def _check_metric(metric: MetricConfig) -> None:
         )
     if metric.kid_subsets < 1 or metric.kid_subset_size < 2:
         raise ConfigError("metric.kid_subsets must be >= 1 and metric.kid_subset_size >= 2")
+
+
+def _check_dataset_extras(dataset: DatasetConfig) -> None:
+    """Bounds of the degradation, raster and scene settings."""
+    degrade = dataset.degrade
+    if not 0.0 < degrade.haze_t <= 1.0 or not 0.0 <= degrade.haze_airlight <= 1.0:
+        raise ConfigError(
+            "dataset.degrade.haze_t must be in (0, 1] and haze_airlight in [0, 1], got "
+            f"{degrade.haze_t} and {degrade.haze_airlight}"
+        )
+    if degrade.blur_sigma < 0 or degrade.noise_sigma < 0 or degrade.downsample < 1:
+        raise ConfigError(
+            "dataset.degrade: blur_sigma and noise_sigma must be >= 0 and downsample >= 1, got "
+            f"{degrade.blur_sigma}, {degrade.noise_sigma}, {degrade.downsample}"
+        )
+    if degrade.jpeg_quality is not None and not 1 <= degrade.jpeg_quality <= 100:
+        raise ConfigError(f"dataset.degrade.jpeg_quality must be 1..100 or null, got {degrade.jpeg_quality}")
+    if dataset.bands is not None and (not dataset.bands or min(dataset.bands) < 1):
+        raise ConfigError(f"dataset.bands are 1-based band numbers (as GDAL counts), got {dataset.bands}")
+    low, high = (dataset.stretch_percentiles + [None, None])[:2]
+    if len(dataset.stretch_percentiles) != 2 or not 0 <= low < high <= 100:
+        raise ConfigError(
+            f"dataset.stretch_percentiles must be [low, high] with 0 <= low < high <= 100, "
+            f"got {dataset.stretch_percentiles}"
+        )
+    if dataset.tile < 1 or not 0 <= 2 * dataset.overlap < dataset.tile:
+        raise ConfigError(
+            f"dataset.tile must be positive and dataset.overlap in [0, tile/2), got "
+            f"tile={dataset.tile}, overlap={dataset.overlap}"
+        )
 
 
 def unknown_keys(cfg: DictConfig, schema: type, prefix: str = "") -> list[str]:
@@ -278,6 +383,13 @@ def validate(cfg: DictConfig) -> RunConfig:
         raise ConfigError(f"model '{model.name}': set model.path=<dir> or model.repo=<hub id>")
     if dataset.source == "folder" and not dataset.root:
         raise ConfigError("dataset=folder needs dataset.root=<dir with one sub-folder per class>")
+    if dataset.source == "latents" and not dataset.root:
+        raise ConfigError("dataset=latents needs dataset.root=<latent directory written by vaes4rs.encode>")
+    if dataset.source == "scene" and not dataset.path:
+        raise ConfigError("dataset=scene needs dataset.path=<raster file, e.g. a GeoTIFF>")
+    _check_dataset_extras(dataset)
+    if not 0.0 < metric.probe_train_fraction < 1.0:
+        raise ConfigError(f"metric.probe_train_fraction must be in (0, 1), got {metric.probe_train_fraction}")
     if dataset.source == "hub" and not dataset.repo:
         raise ConfigError(f"dataset '{dataset.name}': source=hub needs dataset.repo")
     if dataset.resize is not None and (len(dataset.resize) != 2 or min(dataset.resize) < 1):
