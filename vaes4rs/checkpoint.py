@@ -33,6 +33,7 @@ class Progress:
     skipped: list[tuple[int, str, str]] = field(default_factory=list)  # (index, reason, message)
     samples: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     suite_state: dict[str, Any] = field(default_factory=dict)
+    baseline_state: dict[str, Any] = field(default_factory=dict)  # the degraded input's suite, if scored
     latent_shapes: dict[tuple[int, int], tuple[int, ...]] = field(default_factory=dict)
     seconds: float = 0.0  # compute time before this run (timing covers the whole job)
     columns: list[str] = field(default_factory=list)  # per_image.csv header the rows follow

@@ -133,7 +133,7 @@ class LoggerBackend(Choice):
 
 
 # Network files the metrics read; metric.weights.<key>=<file> overrides the default location.
-METRIC_WEIGHT_KEYS = ("alexnet", "lpips_alex", "inception", "vgg16", "lpips_vgg", "dists", "clip")
+METRIC_WEIGHT_KEYS = ("alexnet", "lpips_alex", "inception", "vgg16", "lpips_vgg", "dists", "clip", "probe")
 
 
 @dataclass
@@ -205,7 +205,7 @@ class DatasetConfig:
     degrade: DegradeConfig = field(default_factory=DegradeConfig)
     # Rasters (multi-band, 16-bit or float TIFF/GeoTIFF) and whole scenes.
     path: str | None = None  # scene: the raster file
-    bands: list[int] | None = None  # 1-based, as GDAL counts; None: the first three
+    bands: list[int] | None = None  # 1-based, as GDAL counts; None: RGB/gray as stored (each: every band)
     band_mode: BandMode = BandMode.rgb
     stretch: Stretch = Stretch.none
     stretch_percentiles: list[float] = field(default_factory=lambda: [2.0, 98.0])
@@ -328,6 +328,11 @@ def _check_dataset_extras(dataset: DatasetConfig) -> None:
         raise ConfigError(f"dataset.degrade.jpeg_quality must be 1..100 or null, got {degrade.jpeg_quality}")
     if dataset.bands is not None and (not dataset.bands or min(dataset.bands) < 1):
         raise ConfigError(f"dataset.bands are 1-based band numbers (as GDAL counts), got {dataset.bands}")
+    if dataset.bands is not None and dataset.band_mode == "rgb" and len(dataset.bands) not in (1, 3):
+        raise ConfigError(
+            f"dataset.bands={dataset.bands}: band_mode=rgb takes 1 band (gray) or 3 (as R, G, B); "
+            "for every band alone use dataset.band_mode=each"
+        )
     low, high = (dataset.stretch_percentiles + [None, None])[:2]
     if len(dataset.stretch_percentiles) != 2 or not 0 <= low < high <= 100:
         raise ConfigError(
@@ -388,6 +393,8 @@ def validate(cfg: DictConfig) -> RunConfig:
     if dataset.source == "scene" and not dataset.path:
         raise ConfigError("dataset=scene needs dataset.path=<raster file, e.g. a GeoTIFF>")
     _check_dataset_extras(dataset)
+    if dataset.source == "latents" and dataset.degrade.active:
+        raise ConfigError("dataset.degrade applies to images, not to stored latents (dataset=latents)")
     if not 0.0 < metric.probe_train_fraction < 1.0:
         raise ConfigError(f"metric.probe_train_fraction must be in (0, 1), got {metric.probe_train_fraction}")
     if dataset.source == "hub" and not dataset.repo:

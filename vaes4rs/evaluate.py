@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,11 @@ import torch
 from tqdm import tqdm
 
 from vaes4rs import checkpoint, files, results
-from vaes4rs.config import RunConfig
+from vaes4rs.config import DegradeConfig, RunConfig
 from vaes4rs.data import CorruptImageError, ImageRecord
 from vaes4rs.device import resolve_dtype
 from vaes4rs.distributed import SINGLE_PROCESS, Ranks, gather
+from vaes4rs.latents import decode_latents
 from vaes4rs.metrics.suite import MetricSuite
 from vaes4rs.models.adapter import NOISE_RULE, VAEAdapter
 from vaes4rs.models.compile import compile_vae
@@ -46,30 +48,112 @@ def _row(record: ImageRecord, height: int, width: int) -> dict[str, Any]:
     }
 
 
-def _score_batch(
-    batch: dict,
-    adapter: VAEAdapter,
-    suite: MetricSuite,
-    writer: results.PerImageWriter,
-    sample_ids: list[str],
-    samples: dict[str, tuple[torch.Tensor, torch.Tensor]],
-    device: torch.device,
-) -> int:
-    """Reconstruct and score one batch; its rows go to per_image.csv, chosen images to ``samples``."""
+@dataclass
+class _Job:
+    """What scoring a batch needs, built once per job."""
+
+    adapter: VAEAdapter
+    suite: MetricSuite
+    baseline: MetricSuite | None  # the degraded input scored as is, against the clean image
+    writer: results.PerImageWriter
+    sample_ids: list[str]
+    samples: dict[str, tuple[torch.Tensor, ...]]  # image_id -> (original, reconstruction[, input]) uint8
+    device: torch.device
+    degradation: DegradeConfig
+    reference: str  # metric.reference
+    reconstructions: Any  # TEMP until reconstructions.py lands
+
+
+def _score_batch(batch: dict, job: _Job) -> int:
+    """Reconstruct and score one batch; its rows go to per_image.csv, chosen images to ``job.samples``.
+
+    With ``dataset.degrade`` the VAE is given the degraded images; ``metric.reference=clean``
+    scores its reconstructions against the clean ones and the degraded input too (the
+    do-nothing baseline), ``input`` against what it was given. A latent dataset's batch carries
+    the stored latents, which are decoded instead of reconstructing the images.
+    """
     records = batch["records"]
-    images = batch["images"].to(device, non_blocking=True)
-    original = to_minus_one_one(images)
-    recon = adapter.reconstruct(original, [r.image_id for r in records])
-    columns = suite.update(recon, original)
+    ids = [record.image_id for record in records]
+    clean = batch["images"]
+    degraded = job.degradation.active
+    from vaes4rs.degrade import degrade  # TEMP
+
+    given = degrade(clean, ids, job.degradation) if degraded else clean
+    given_device = given.to(job.device, non_blocking=True)
+    model_input = to_minus_one_one(given_device)
+    height, width = int(clean.shape[-2]), int(clean.shape[-1])
+    if "latents" in batch:
+        channels_last = batch["layout"] == "channels_last"
+        recon = decode_latents(job.adapter, batch["latents"], height, width, channels_last)
+    else:
+        recon = job.adapter.reconstruct(model_input, ids)
+    against_clean = degraded and job.reference == "clean"
+    reference = to_minus_one_one(clean.to(job.device, non_blocking=True)) if against_clean else model_input
+    columns = job.suite.update(recon, reference)
+    if job.baseline is not None:
+        for key, values in job.baseline.update(model_input, reference).items():
+            columns[results.BASELINE_PREFIX + key] = values
     rows = []
+    wanted = job.reconstructions is not None or any(image_id in job.sample_ids for image_id in ids)
+    recon_pixels = results.to_uint8_images(recon) if wanted else []
     for i, record in enumerate(records):
-        row = _row(record, int(images.shape[-2]), int(images.shape[-1]))
+        row = _row(record, height, width)
         row.update({key: float(values[i]) for key, values in columns.items()})
         rows.append(row)
-        if record.image_id in sample_ids:
-            samples[record.image_id] = (images[i].cpu(), results.to_uint8_images(recon[i : i + 1])[0])
-    writer.write(rows)
+        if job.reconstructions is not None:
+            job.reconstructions.write(record, recon_pixels[i])
+        if record.image_id in job.sample_ids:
+            shown = (clean[i], recon_pixels[i], given[i]) if degraded else (clean[i], recon_pixels[i])
+            job.samples[record.image_id] = tuple(image.cpu() for image in shown)
+    job.writer.write(rows)
     return len(records)
+
+
+def _reconstructions_card(cfg: RunConfig, suite: MetricSuite) -> dict[str, Any]:
+    from vaes4rs.degrade import describe  # TEMP
+
+    return {
+        "model": cfg.model.name,
+        "model_source": cfg.model.path or f"{cfg.model.repo}/{cfg.model.subfolder or ''}",
+        "dataset": cfg.dataset.name,
+        "latent": str(cfg.metric.latent),
+        "seed": cfg.metric.seed,
+        "protocol": suite.cfg.protocol,
+        "degradation": describe(cfg.dataset.degrade) if cfg.dataset.degrade.active else None,
+    }
+
+
+def _latent_protocol(ready: ReadyJob) -> dict[str, Any]:
+    """A latent dataset's own latent policy replaces metric.latent (its latents were drawn at export)."""
+    if ready.latents is None:
+        return {}
+    meta = ready.latents.meta
+    return {"latent": meta["latent"]["policy"], "noise": f"drawn at export (seed {meta['latent']['seed']})"}
+
+
+def _input_record(
+    cfg: RunConfig, ready: ReadyJob, baseline: MetricSuite | None, table: dict[str, Any]
+) -> dict[str, Any]:
+    """What the VAE was given besides plain images: degradations (with the baseline's scores), latents."""
+    record: dict[str, Any] = {}
+    if cfg.dataset.degrade.active:
+        from vaes4rs.degrade import describe  # TEMP
+
+        record["degradation"] = {**describe(cfg.dataset.degrade), "reference": str(cfg.metric.reference)}
+    if baseline is not None:
+        record["baseline"] = {
+            "label": "degraded input",
+            "metrics": baseline.finalize(results.baseline_table(table, baseline)),
+        }
+    if ready.latents is not None:
+        meta = ready.latents.meta
+        record["latents"] = {
+            "root": str(ready.latents.root),
+            "storage": meta["storage"],
+            "bpp": meta["bpp"],
+            "bytes_per_image": meta["bytes_per_image"],
+        }
+    return record
 
 
 def evaluate(
@@ -96,6 +180,8 @@ def evaluate(
     if dataset.scan.ignored:
         log.warning("files in the class folders that are not images, ignored: %s", dataset.scan.ignored)
     module = load_vae(cfg.model, device, dtype)
+    if ready.latents is not None:
+        ready.latents.check_model(module)
     if cfg.run.compile:
         compile_vae(module, channels_last=True)
     adapter = VAEAdapter(
@@ -106,12 +192,18 @@ def evaluate(
         upcast_on_overflow=cfg.model.upcast_on_overflow,
     )
     suite = MetricSuite(cfg.metric, device, dtype)
+    scores_baseline = cfg.dataset.degrade.active and cfg.metric.reference == "clean"
+    baseline = MetricSuite(cfg.metric, device, dtype) if scores_baseline else None
     columns = [*results.ID_COLUMNS, *suite.columns]
+    if baseline is not None:
+        columns += [results.BASELINE_PREFIX + column for column in baseline.columns]
     checkpoint_file = out_dir / files.CHECKPOINT_FILE
     progress = checkpoint.Progress(columns=columns)
     if resume:
         progress = checkpoint.load(checkpoint_file, columns)
         suite.load_state_dict(progress.suite_state)
+        if baseline is not None:
+            baseline.load_state_dict(progress.baseline_state)
         adapter.latent_shapes.update(progress.latent_shapes)
         log.info(
             "resuming after batch %d (%d images) from %s",
@@ -127,7 +219,24 @@ def evaluate(
     own_rows = out_dir / (files.PER_IMAGE_FILE if ranks.main else f".per_image.rank{ranks.rank}.csv")
     writer = results.PerImageWriter(own_rows, columns, progress.rows)
     sample_ids = results.choose_sample_ids([r.image_id for r in dataset.records], cfg.run.n_samples)
-    samples = dict(progress.samples)  # image_id -> (original, recon), uint8 CHW
+    samples = dict(progress.samples)  # image_id -> (original, recon[, degraded input]), uint8 CHW
+    saved = None
+    if cfg.run.save_reconstructions:
+        from vaes4rs.reconstructions import ReconstructionWriter  # TEMP
+
+        saved = ReconstructionWriter(out_dir / files.RECONSTRUCTIONS_DIR, _reconstructions_card(cfg, suite))
+    job = _Job(
+        adapter,
+        suite,
+        baseline,
+        writer,
+        sample_ids,
+        samples,
+        device,
+        cfg.dataset.degrade,
+        cfg.metric.reference,
+        saved,
+    )
     dataset.batches.skip(progress.batches_done)
     numbers = list(dataset.batches.numbers)  # each coming batch's position in the whole set
     scored: list[int] = []  # numbers of the batches this process scored (KID keeps their features)
@@ -153,13 +262,14 @@ def evaluate(
                 progress.skipped.append((record.index, error.reason, str(error)))
             progress.batches_done += 1
             if batch["images"] is not None:
-                n_images += _score_batch(batch, adapter, suite, writer, sample_ids, samples, device)
+                n_images += _score_batch(batch, job)
                 scored.append(number)
             bar.update(len(batch["records"]) + len(batch["skipped"]))
             bar.set_postfix(img_s=f"{n_images / (time.perf_counter() - start):.2f}")
             if schedule is not None and schedule.due(progress.batches_done):
                 progress.rows, progress.samples = list(writer.rows), dict(samples)
                 progress.suite_state, progress.latent_shapes = suite.state_dict(), dict(adapter.latent_shapes)
+                progress.baseline_state = baseline.state_dict() if baseline is not None else {}
                 progress.seconds = time.perf_counter() - start
                 checkpoint.save(checkpoint_file, progress)
     finally:
@@ -171,6 +281,7 @@ def evaluate(
             "skipped": progress.skipped,
             "samples": samples,
             "suite": suite.state_dict(),
+            "baseline": baseline.state_dict() if baseline is not None else {},
             "scored": scored,
             "latent_shapes": adapter.latent_shapes,
         }
@@ -183,7 +294,10 @@ def evaluate(
             skipped += [(by_index[index], reason, message) for index, reason, message in part["skipped"]]
             samples.update(part["samples"])
             adapter.latent_shapes.update(part["latent_shapes"])
-        suite.merge_state_dicts([part["suite"] for part in parts], [part["scored"] for part in parts])
+        scored_by_rank = [part["scored"] for part in parts]
+        suite.merge_state_dicts([part["suite"] for part in parts], scored_by_rank)
+        if baseline is not None:
+            baseline.merge_state_dicts([part["baseline"] for part in parts], scored_by_rank)
         n_images = len(writer.rows)
     seconds = time.perf_counter() - start
     if n_images == 0:
@@ -192,24 +306,27 @@ def evaluate(
     checkpoint_file.unlink(missing_ok=True)  # the results are complete: nothing left to resume
     table = writer.table()
     metrics = suite.finalize(table)
-    results.write_per_class(out_dir / files.PER_CLASS_FILE, table, suite)
+    results.write_per_class(out_dir / files.PER_CLASS_FILE, table, suite, baseline)
+    if saved is not None:
+        saved.close()
     if samples:
         ordered = [samples[image_id] for image_id in sample_ids if image_id in samples]
         results.save_samples(samples, out_dir / files.SAMPLES_DIR)
-        results.save_sample_grid(
-            [o for o, _ in ordered],
-            [r for _, r in ordered],
-            out_dir / files.SAMPLES_FILE,
-            ("original", f"{cfg.model.name}"),
-        )
+        labels = ["original", f"{cfg.model.name}"]
+        if cfg.dataset.degrade.active:
+            labels.insert(1, "input")
+            ordered = [(original, given, recon) for original, recon, given in ordered]
+        results.save_sample_grid(list(zip(*ordered)), out_dir / files.SAMPLES_FILE, labels)
     payload: dict[str, Any] = {
         "model": cfg.model.name,
         "dataset": cfg.dataset.name,
         "protocol": {
             **suite.protocol(),
             "noise": "none (deterministic)" if adapter.deterministic else NOISE_RULE,
+            **_latent_protocol(ready),
         },
         "n_images": n_images,
+        **_input_record(cfg, ready, baseline, table),
         "n_skipped": len(skipped),
         "skipped_by_reason": dict(Counter(reason for _, reason, _ in skipped)),
         "skipped": [{"image_id": r.image_id, "reason": reason, "error": e} for r, reason, e in skipped],

@@ -8,6 +8,7 @@ PER_IMAGE_FILE = "per_image.csv"
 PER_CLASS_FILE = "per_class.csv"
 SAMPLES_FILE = "samples.png"
 SAMPLES_DIR = "samples"
+RECONSTRUCTIONS_DIR = "reconstructions"  # run.save_reconstructions: lossless PNGs in class folders
 RUN_CONFIG_FILE = "run_config.json"  # the config whose results the directory holds
 LOCK_FILE = ".vaes4rs.lock"  # held while a run writes into the directory
 CHECKPOINT_FILE = "checkpoint.pt"  # running state of an unfinished job, to resume from

@@ -43,8 +43,8 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from vaes4rs.config import Choice, DType, ModelConfig, ModelLoader
-from vaes4rs.data import ImageFolderSource, ImageRecord, SameSizeBatches
+from vaes4rs.config import Choice, DatasetConfig, DType, ModelConfig, ModelLoader
+from vaes4rs.data import DatasetScan, ImageFolderSource, ImageRecord, PreparedDataset, SameSizeBatches
 from vaes4rs.errors import InputError
 from vaes4rs.models.adapter import NOISE_RULE, NonFiniteOutputError, VAEAdapter
 
@@ -717,7 +717,66 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "images": torch.stack([item["image"] for item in items]),
         "latents": torch.stack([item["latent"] for item in items]),
         "layout": items[0]["layout"],
+        "skipped": [],  # the run loop's batches list unreadable files; a source image never is skipped
     }
+
+
+def _loader(
+    latents: LatentDataset, records: list[ImageRecord], batch_size: int, num_workers: int, pin_memory: bool
+) -> DataLoader:
+    return DataLoader(
+        _PairedSource(latents, records),
+        batch_sampler=SameSizeBatches(latents.sizes, batch_size),
+        num_workers=num_workers,
+        collate_fn=_collate,
+        pin_memory=pin_memory,
+    )
+
+
+def model_problems(latents: LatentDataset, model: ModelConfig) -> list[str]:
+    """Why ``model`` is not the one that wrote the latents, judged from its config (before loading).
+
+    The weights' identity is checked again once the model is loaded (``check_model``).
+    """
+    recorded = latents.meta["model"]
+    same_path = bool(model.path and recorded.get("path")) and (
+        Path(model.path).expanduser().resolve() == Path(recorded["path"]).expanduser().resolve()
+    )
+    same_repo = bool(model.repo) and (model.repo, model.subfolder) == (
+        recorded.get("repo"),
+        recorded.get("subfolder"),
+    )
+    same_tiny = model.loader == "tiny" and not model.path and model.variant == recorded.get("variant")
+    if same_path or same_repo or same_tiny:
+        return []
+    where = recorded.get("path") or f"{recorded.get('repo')}/{recorded.get('subfolder') or ''}"
+    return [
+        f"{latents.root} holds latents of model '{recorded['name']}' ({where}); model '{model.name}' cannot "
+        f"decode them: run with model={recorded['name']} (or model.path={recorded.get('path')})"
+    ]
+
+
+def prepare_run(
+    cfg: DatasetConfig, batch_size: int, pin_memory: bool
+) -> tuple[LatentDataset, PreparedDataset]:
+    """A latent directory as ``vaes4rs.run``'s dataset: each batch carries the stored latents
+    and their source images (under ``dataset.path`` when they moved), every source file
+    checked to exist up front.
+    """
+    latents = LatentDataset(cfg.root or "")
+    records = latents.image_records(cfg.path)
+    missing = [str(record.path) for record in records if not record.path.is_file()]
+    if missing:
+        shown = "\n  ".join(missing[:20]) + (
+            f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""
+        )
+        raise LatentDirectoryError(
+            f"{len(missing)} source image(s) of {latents.root} are missing (set dataset.path=<folder "
+            f"holding the class folders> if they moved):\n  {shown}"
+        )
+    scan = DatasetScan(latents.root, records, latents.sizes, [], {}, [])
+    loader = _loader(latents, records, batch_size, cfg.num_workers, pin_memory)
+    return latents, PreparedDataset(latents.root, records, [], loader, scan)
 
 
 def decode_batches(
@@ -735,15 +794,8 @@ def decode_batches(
     gives exactly ``adapter.reconstruct``'s output. Refuses latents of another model.
     """
     latents.check_model(adapter.module)
-    source = _PairedSource(latents, latents.image_records(source_root))
-    loader = DataLoader(
-        source,
-        batch_sampler=SameSizeBatches(latents.sizes, batch_size),
-        num_workers=num_workers,
-        collate_fn=_collate,
-        pin_memory=adapter.device.type == "cuda",
-    )
-    for batch in loader:
+    records = latents.image_records(source_root)
+    for batch in _loader(latents, records, batch_size, num_workers, adapter.device.type == "cuda"):
         height, width = batch["images"].shape[-2:]
         channels_last = batch["layout"] == "channels_last"
         recon = decode_latents(adapter, batch["latents"], int(height), int(width), channels_last)

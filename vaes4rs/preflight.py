@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from vaes4rs import latents as latent_datasets
 from vaes4rs.config import RunConfig
 from vaes4rs.data import PreparedDataset, prepare
 from vaes4rs.device import pick_device
@@ -36,6 +37,7 @@ class ReadyJob:
 
     device: torch.device
     dataset: PreparedDataset
+    latents: latent_datasets.LatentDataset | None = None  # dataset=latents: the stored latents to decode
 
 
 def _spatial_multiple(cfg: RunConfig) -> int:
@@ -87,12 +89,17 @@ def check(cfg: RunConfig) -> ReadyJob:
     offline = hub_offline() if downloads else False
     problems += model_problems(cfg.model, offline)
     problems += _metric_network_problems(cfg)
-    dataset = None
+    dataset, latents = None, None
+    pin = device.type == "cuda"
     try:
-        dataset = prepare(cfg.dataset, cfg.run.batch_size, device.type == "cuda", min_image_side(cfg))
+        if cfg.dataset.source == "latents":
+            latents, dataset = latent_datasets.prepare_run(cfg.dataset, cfg.run.batch_size, pin)
+            problems += latent_datasets.model_problems(latents, cfg.model)
+        else:
+            dataset = prepare(cfg.dataset, cfg.run.batch_size, pin, min_image_side(cfg))
     except (InputError, OSError, ValueError) as exc:
         problems.append(str(exc))
     if problems or dataset is None:
         listed = "\n".join(f"- {problem}" for problem in problems)
         raise PreflightError(f"job {cfg.model.name} on {cfg.dataset.name} cannot start:\n{listed}")
-    return ReadyJob(device, dataset)
+    return ReadyJob(device, dataset, latents)

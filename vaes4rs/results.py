@@ -115,10 +115,8 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def save_sample_grid(
-    originals: Sequence[torch.Tensor], recons: Sequence[torch.Tensor], path: Path, row_labels: Sequence[str]
-) -> None:
-    """Originals (top row) above their reconstructions (bottom row), each row labelled on the left.
+def save_sample_grid(rows: Sequence[Sequence[torch.Tensor]], path: Path, row_labels: Sequence[str]) -> None:
+    """Rows of images (originals on top, then e.g. degraded inputs, reconstructions), each labelled.
 
     Tiles are uint8 CHW; tiles of another size than the first are resized for display only.
     """
@@ -126,11 +124,9 @@ def save_sample_grid(
     from torchvision.transforms.v2.functional import resize
     from torchvision.utils import make_grid
 
-    size = list(originals[0].shape[-2:])
-    tiles = [
-        t if list(t.shape[-2:]) == size else resize(t, size, antialias=True) for t in [*originals, *recons]
-    ]
-    grid = make_grid(torch.stack(tiles), nrow=len(originals), padding=2, pad_value=255)
+    size = list(rows[0][0].shape[-2:])
+    tiles = [t if list(t.shape[-2:]) == size else resize(t, size, antialias=True) for r in rows for t in r]
+    grid = make_grid(torch.stack(tiles), nrow=len(rows[0]), padding=2, pad_value=255)
     body = Image.fromarray(grid.permute(1, 2, 0).numpy())
     margin = 8 + 7 * max(len(label) for label in row_labels)  # the default bitmap font: ~6 px a letter
     canvas = Image.new("RGB", (body.width + margin, body.height), "white")
@@ -166,30 +162,48 @@ def sample_key(image_id: str) -> str:
     return Path(image_id).as_posix().replace("/", "__")
 
 
-def save_samples(samples: dict[str, tuple[torch.Tensor, torch.Tensor]], folder: Path) -> None:
-    """Lossless PNGs of originals and reconstructions (uint8 CHW), one file each."""
+SAMPLE_KINDS = ("originals", "reconstructions", "inputs")  # inputs: the degraded images the VAE was given
+
+
+def save_samples(samples: dict[str, tuple[torch.Tensor, ...]], folder: Path) -> None:
+    """Lossless PNGs of originals, reconstructions (and degraded inputs), uint8 CHW, one file each."""
     from PIL import Image
 
-    for kind in ("originals", "reconstructions"):
-        (folder / kind).mkdir(parents=True, exist_ok=True)
-    for image_id, (original, recon) in samples.items():
-        for kind, image in (("originals", original), ("reconstructions", recon)):
+    for image_id, images in samples.items():
+        for kind, image in zip(SAMPLE_KINDS, images):
+            (folder / kind).mkdir(parents=True, exist_ok=True)
             pixels = image.permute(1, 2, 0).numpy()
             Image.fromarray(pixels).save(folder / kind / f"{sample_key(image_id)}.png")
 
 
-def write_per_class(path: Path, table: dict[str, np.ndarray], suite: MetricSuite) -> None:
+BASELINE_PREFIX = "input_"  # per-image and per-class columns of the degraded input scored as is
+
+
+def baseline_table(table: dict[str, np.ndarray], baseline: MetricSuite) -> dict[str, np.ndarray]:
+    """The per-image table with the degraded input's columns under the metrics' own names."""
+    return {**table, **{column: table[BASELINE_PREFIX + column] for column in baseline.columns}}
+
+
+def write_per_class(
+    path: Path, table: dict[str, np.ndarray], suite: MetricSuite, baseline: MetricSuite | None = None
+) -> None:
     """Each class scored as the protocol scores the whole set, with the image count.
 
     The same aggregation as metrics.json (pooled MSE per group of ``pool_size`` images for the
     paper protocol's PSNR, per-image means and bootstrap intervals for the standard one),
     applied to the class's rows in dataset order, so per-class and overall numbers agree in kind.
+    With a ``baseline`` (the degraded input scored as is), its values follow as ``input_*`` columns.
     """
     labels = table["class"]
     summaries = []
     for label in sorted(set(labels.tolist())):
         mask = labels == label
-        summaries.append((label, int(mask.sum()), suite.summarise({k: v[mask] for k, v in table.items()})))
+        rows = {k: v[mask] for k, v in table.items()}
+        values = suite.summarise(rows)
+        if baseline is not None:
+            summary = baseline.summarise(baseline_table(rows, baseline))
+            values.update({BASELINE_PREFIX + key: value for key, value in summary.items()})
+        summaries.append((label, int(mask.sum()), values))
     columns = list(dict.fromkeys(key for _, _, values in summaries for key in values))
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
