@@ -20,6 +20,7 @@ from tqdm import tqdm
 from vaes4rs import checkpoint, files, results
 from vaes4rs.config import DegradeConfig, RunConfig
 from vaes4rs.data import CorruptImageError, ImageRecord
+from vaes4rs.degrade import degrade, describe
 from vaes4rs.device import resolve_dtype
 from vaes4rs.distributed import SINGLE_PROCESS, Ranks, gather
 from vaes4rs.latents import decode_latents
@@ -29,6 +30,7 @@ from vaes4rs.models.compile import compile_vae
 from vaes4rs.models.cost import model_stats
 from vaes4rs.models.zoo import load_vae
 from vaes4rs.preflight import ReadyJob
+from vaes4rs.reconstructions import ReconstructionWriter
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ class _Job:
     device: torch.device
     degradation: DegradeConfig
     reference: str  # metric.reference
-    reconstructions: Any  # TEMP until reconstructions.py lands
+    reconstructions: ReconstructionWriter | None
 
 
 def _score_batch(batch: dict, job: _Job) -> int:
@@ -76,8 +78,6 @@ def _score_batch(batch: dict, job: _Job) -> int:
     ids = [record.image_id for record in records]
     clean = batch["images"]
     degraded = job.degradation.active
-    from vaes4rs.degrade import degrade  # TEMP
-
     given = degrade(clean, ids, job.degradation) if degraded else clean
     given_device = given.to(job.device, non_blocking=True)
     model_input = to_minus_one_one(given_device)
@@ -110,8 +110,6 @@ def _score_batch(batch: dict, job: _Job) -> int:
 
 
 def _reconstructions_card(cfg: RunConfig, suite: MetricSuite) -> dict[str, Any]:
-    from vaes4rs.degrade import describe  # TEMP
-
     return {
         "model": cfg.model.name,
         "model_source": cfg.model.path or f"{cfg.model.repo}/{cfg.model.subfolder or ''}",
@@ -137,8 +135,6 @@ def _input_record(
     """What the VAE was given besides plain images: degradations (with the baseline's scores), latents."""
     record: dict[str, Any] = {}
     if cfg.dataset.degrade.active:
-        from vaes4rs.degrade import describe  # TEMP
-
         record["degradation"] = {**describe(cfg.dataset.degrade), "reference": str(cfg.metric.reference)}
     if baseline is not None:
         record["baseline"] = {
@@ -222,8 +218,6 @@ def evaluate(
     samples = dict(progress.samples)  # image_id -> (original, recon[, degraded input]), uint8 CHW
     saved = None
     if cfg.run.save_reconstructions:
-        from vaes4rs.reconstructions import ReconstructionWriter  # TEMP
-
         saved = ReconstructionWriter(out_dir / files.RECONSTRUCTIONS_DIR, _reconstructions_card(cfg, suite))
     job = _Job(
         adapter,

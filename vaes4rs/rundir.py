@@ -44,6 +44,7 @@ RESULT_NAMES = (
     files.PER_CLASS_FILE,
     files.SAMPLES_FILE,
     files.SAMPLES_DIR,
+    files.RECONSTRUCTIONS_DIR,
     files.CHECKPOINT_FILE,
 )
 SWEPT_KEYS_ENV = "VAES4RS_SWEPT_KEYS"
@@ -150,7 +151,8 @@ def claim(
                     f"run.resume=require but there is no {job_dir / files.CHECKPOINT_FILE} to resume from"
                 )
             resuming = has_checkpoint and resume != "never"
-            keep = {files.CHECKPOINT_FILE, files.PER_IMAGE_FILE} if resuming else set()
+            kept_on_resume = {files.CHECKPOINT_FILE, files.PER_IMAGE_FILE, files.RECONSTRUCTIONS_DIR}
+            keep = kept_on_resume if resuming else set()
             for name in RESULT_NAMES:
                 stale = job_dir / name
                 if name in keep:
@@ -187,7 +189,10 @@ def job_dirname(_root_: DictConfig) -> str:
     Registered as the ``vaes4rs.job_dir`` resolver for ``hydra.sweep.subdir``.
     """
     name = f"{_root_.model.name}-{_root_.dataset.name}"
-    swept = [k for k in os.environ.get(SWEPT_KEYS_ENV, "").split(",") if k and k not in NAMED_KEYS]
+    from_command = os.environ.get(SWEPT_KEYS_ENV, "").split(",")
+    # keys an experiment preset sweeps (hydra.sweeper.params) name the jobs too
+    from_config = list(OmegaConf.select(_root_, "hydra.sweeper.params", default=None) or {})
+    swept = [k for k in dict.fromkeys([*from_command, *from_config]) if k and k not in NAMED_KEYS]
     task = {
         o.split("=", 1)[0].lstrip("+~"): o.split("=", 1)[1] for o in _root_.hydra.overrides.task if "=" in o
     }
