@@ -6,7 +6,13 @@ Pixel rule (applied to every file, documented in the README):
   ``round(clip(v, 0, 1) * 255)``.
 - Grayscale is replicated to three channels; an alpha channel is dropped (not composited);
   palette images are expanded to RGB through their palette. More than four channels
-  (multispectral) is an error: pick three bands first.
+  (multispectral) is an error unless ``dataset.bands`` picks one or three of them.
+- Rasters (``dataset.bands``, ``dataset.stretch`` other than ``none`` or ``dataset.band_mode=each``):
+  TIFFs are read with rasterio, the bands picked (1-based), and each band mapped to 8 bit by
+  the stretch of ``vaes4rs.raster`` (limits per image or, ``stretch_scope=dataset``, from every
+  image's valid pixels); nodata is left out of the limits and becomes 0. ``band_mode=each``
+  makes every band its own record (``image_id`` ``<class>/<file>@b<n>``), grayscale
+  replicated to three channels.
 - Float images with values outside [0, 1] are an error (clipping them would score an
   all-white image without a word).
 - EXIF orientation is not applied: the study's loaders ignore it, and applying it would
@@ -19,19 +25,24 @@ and returns every problem with its reason, so a bad file is found in seconds, no
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import zipfile
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
 
+from vaes4rs import raster
 from vaes4rs.config import DatasetConfig
 from vaes4rs.errors import InputError
 
@@ -58,9 +69,15 @@ class ImageRecord:
     """One image of the set, in dataset order (classes by name, then files by name)."""
 
     index: int
-    image_id: str  # "<class>/<file name>", unique within the dataset
+    image_id: str  # "<class>/<file name>" (band_mode=each: "<class>/<file name>@b<n>"), unique
     label: str
     path: Path
+    band: int | None = None  # band_mode=each: the one band (1-based) this record is
+
+
+def band_image_id(image_id: str, band: int) -> str:
+    """The id of one band of a file under ``band_mode=each``."""
+    return f"{image_id}@b{band}"
 
 
 def to_rgb_uint8(array: np.ndarray, source: str) -> np.ndarray:
@@ -75,7 +92,7 @@ def to_rgb_uint8(array: np.ndarray, source: str) -> np.ndarray:
     if channels > 4:
         raise CorruptImageError(
             f"{source}: {channels} channels; vaes4rs reads RGB, grayscale or RGBA images. "
-            "Select three bands (e.g. with rasterio or gdal_translate -b) first.",
+            "Select three bands first: dataset.bands=[r,g,b] (1-based, as GDAL counts).",
             "too_many_channels",
         )
     if array.dtype == np.uint8:
@@ -122,6 +139,138 @@ def read_image(path: Path) -> np.ndarray:
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise CorruptImageError(f"cannot read image {path}: {exc}") from exc
     return to_rgb_uint8(array, str(path))
+
+
+def raster_mode(cfg: DatasetConfig) -> bool:
+    """Whether the set is read as rasters (bands, stretch, one record per band) or by the plain pixel rule."""
+    return cfg.bands is not None or cfg.stretch != "none" or cfg.band_mode != "rgb"
+
+
+def _decoded_bands(
+    path: Path, choose: Callable[[int], list[int]]
+) -> tuple[np.ndarray, np.ndarray, str, list[int]]:
+    """(values (C, H, W), valid (H, W), dtype, bands) of the bands ``choose(band count)`` picks.
+
+    TIFFs through rasterio (nodata, masks, alpha bands known to GDAL); other files through
+    Pillow, their alpha channel (if any) dropped as in the pixel rule.
+    """
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        with raster.open_raster(path) as src:
+            bands = choose(src.count)
+            values, valid = raster.read_window(src, bands)
+        return values, valid, str(values.dtype), bands
+    try:
+        with Image.open(path) as img:
+            if img.mode == "P" or img.mode in _PIL_AS_RGB:
+                img = img.convert("RGB")
+            elif img.mode in ("LA", "RGBA", "PA"):
+                img = img.convert("L" if img.mode == "LA" else "RGB")
+            array = np.asarray(img)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise CorruptImageError(f"cannot read image {path}: {exc}") from exc
+    planes = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
+    if planes.dtype.byteorder == ">":
+        planes = planes.astype(planes.dtype.newbyteorder("="))
+    bands = choose(len(planes))
+    return (
+        planes[[band - 1 for band in bands]],
+        np.ones(planes.shape[1:], dtype=bool),
+        str(planes.dtype),
+        bands,
+    )
+
+
+@dataclass(frozen=True)
+class RasterReading:
+    """How rasters become 8-bit RGB: bands, band mode and stretch (``dataset_limits``: scope dataset)."""
+
+    bands: tuple[int, ...] | None
+    band_mode: str
+    stretch: str
+    percentiles: tuple[float, float]
+    scope: str
+    dataset_limits: dict[int, tuple[float, float]] | None = None  # band -> (low, high)
+
+    @classmethod
+    def from_config(cls, cfg: DatasetConfig, force: bool = False) -> RasterReading | None:
+        """The reading ``cfg`` asks for; None for the plain pixel rule (unless ``force``: scenes)."""
+        if not (force or raster_mode(cfg)):
+            return None
+        low, high = cfg.stretch_percentiles
+        bands = tuple(cfg.bands) if cfg.bands is not None else None
+        return cls(bands, str(cfg.band_mode), str(cfg.stretch), (low, high), str(cfg.stretch_scope))
+
+    def file_bands(self, count: int, source: str) -> list[int]:
+        """The bands of a file with ``count`` bands that are read (each one alone under band_mode=each)."""
+        if self.bands is not None:
+            return raster.check_bands(count, self.bands, source)
+        if self.band_mode == "each":
+            return list(range(1, count + 1))
+        if count > 4:
+            raise CorruptImageError(
+                f"{source}: {count} channels; vaes4rs reads RGB, grayscale or RGBA images. "
+                "Select three bands first: dataset.bands=[r,g,b] (1-based, as GDAL counts).",
+                "too_many_channels",
+            )
+        return [1, 2, 3] if count >= 3 else [1]  # RGB(A) or gray (+ alpha): alpha dropped
+
+    def stretch_for(
+        self, values: np.ndarray, valid: np.ndarray, bands: list[int], dtype: str, source: str
+    ) -> raster.Stretch:
+        """The stretch of these bands of one image: fixed, from the image itself, or the dataset's."""
+        if self.stretch == "none":
+            if dtype.startswith("float") and valid.any():
+                low, high = float(values[:, valid].min()), float(values[:, valid].max())
+                if not (0.0 <= low and high <= 1.0):
+                    raise CorruptImageError(
+                        f"{source}: float pixels must lie in [0, 1] under dataset.stretch=none, found "
+                        f"[{low:g}, {high:g}]; set dataset.stretch=minmax or percentile",
+                        "out_of_range",
+                    )
+            return raster.fixed_stretch(dtype, bands, source)
+        if self.dataset_limits is not None:
+            low = np.array([self.dataset_limits[band][0] for band in bands])
+            high = np.array([self.dataset_limits[band][1] for band in bands])
+            return raster.Stretch(self.stretch, tuple(bands), low, high, dtype, "dataset", self.percentiles)
+        stats = raster.BandStats(len(bands), dtype)
+        stats.update(values, valid)
+        return stats.stretch(self.stretch, self.percentiles, bands, "image", source)
+
+    def chooser(self, source: str) -> Callable[[int], list[int]]:
+        """``file_bands`` of one file, for a reader that learns the band count when it opens it."""
+        return functools.partial(self.file_bands, source=source)
+
+    def read(self, path: Path, band: int | None = None) -> np.ndarray:
+        """One file (or one band of it) as HxWx3 uint8: bands picked, stretched, nodata 0."""
+        source = str(path)
+        try:
+            if band is None:
+                values, valid, dtype, bands = _decoded_bands(path, self.chooser(source))
+            else:
+                values, valid, dtype, bands = _decoded_bands(
+                    path, lambda count: raster.check_bands(count, [band], source)
+                )
+            stretch = self.stretch_for(values, valid, bands, dtype, source)
+        except raster.RasterInputError as exc:
+            raise CorruptImageError(str(exc), exc.reason) from exc
+        pixels = stretch.to_uint8(values)
+        pixels[:, ~valid] = 0
+        if len(pixels) == 1:
+            pixels = np.repeat(pixels, 3, axis=0)
+        return np.ascontiguousarray(np.moveaxis(pixels, 0, -1))
+
+    def record(self) -> dict[str, Any]:
+        """What metrics.json should say about the radiometry (limits only when fixed for the set)."""
+        out: dict[str, Any] = {
+            "bands": list(self.bands) if self.bands else None,
+            "band_mode": self.band_mode,
+            "stretch": self.stretch,
+            "scope": self.scope if self.stretch != "none" else "fixed",
+            "percentiles": list(self.percentiles) if self.stretch == "percentile" else None,
+        }
+        if self.dataset_limits is not None:
+            out["limits"] = {f"b{b}": list(limits) for b, limits in sorted(self.dataset_limits.items())}
+        return out
 
 
 @dataclass(frozen=True)
@@ -175,8 +324,26 @@ def _pil_header(path: Path) -> ImageHeader:
     return ImageHeader(height, width, channels, dtype, rotated)
 
 
-def read_header(path: Path) -> ImageHeader:
-    """Size, channels and pixel type from the header; CorruptImageError (with a reason) when unusable."""
+def _raster_header(path: Path, reading: RasterReading) -> ImageHeader:
+    """A raster's header: size, band count and pixel type (rasterio for TIFFs, after the truncation check)."""
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        header = _pil_header(path)
+        bands = {2: 1, 4: 3}.get(header.channels, header.channels)  # Pillow's alpha is dropped
+        return ImageHeader(header.height, header.width, bands, header.dtype, header.rotated)
+    _tiff_header(path)  # data past the end of the file
+    try:
+        with raster.open_raster(path) as src:
+            return ImageHeader(src.height, src.width, src.count, str(src.dtypes[0]), rotated=False)
+    except raster.RasterInputError as exc:
+        raise CorruptImageError(str(exc), exc.reason) from exc
+
+
+def read_header(path: Path, reading: RasterReading | None = None) -> ImageHeader:
+    """Size, channels and pixel type from the header; CorruptImageError (with a reason) when unusable.
+
+    With ``reading`` (raster mode) ``channels`` is the file's band count, the bands asked for
+    must exist, and any integer or float type is accepted when a stretch maps it to 8 bit.
+    """
     try:
         path.name.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -184,20 +351,31 @@ def read_header(path: Path) -> ImageHeader:
             f"{path}: the file name is not valid UTF-8 ({path.name!a}); rename the file", "bad_file_name"
         ) from exc
     try:
-        header = _tiff_header(path) if path.suffix.lower() in TIFF_SUFFIXES else _pil_header(path)
+        if reading is not None:
+            header = _raster_header(path, reading)
+        else:
+            header = _tiff_header(path) if path.suffix.lower() in TIFF_SUFFIXES else _pil_header(path)
     except Image.DecompressionBombError as exc:
         raise CorruptImageError(f"{path}: {exc}", "too_large") from exc
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, IndexError, KeyError) as exc:
         raise CorruptImageError(f"cannot read image {path}: {exc}") from exc
-    if header.channels > 4:
+    if reading is not None:
+        try:
+            reading.file_bands(header.channels, str(path))
+        except raster.RasterInputError as exc:
+            raise CorruptImageError(str(exc), exc.reason) from exc
+    elif header.channels > 4:
         raise CorruptImageError(
             f"{path}: {header.channels} channels; vaes4rs reads RGB, grayscale or RGBA images. "
-            "Select three bands (e.g. with rasterio or gdal_translate -b) first.",
+            "Select three bands first: dataset.bands=[r,g,b] (1-based, as GDAL counts).",
             "too_many_channels",
         )
-    if header.dtype not in _SUPPORTED_DTYPES and not header.dtype.startswith("float"):
+    stretched = reading is not None and reading.stretch != "none"
+    numeric = header.dtype.startswith(("int", "uint", "float"))
+    if not (header.dtype in _SUPPORTED_DTYPES or header.dtype.startswith("float") or (stretched and numeric)):
         raise CorruptImageError(
-            f"{path}: pixel type {header.dtype} is not supported (uint8, uint16, float in [0,1])",
+            f"{path}: pixel type {header.dtype} is not supported (uint8, uint16, float in [0,1]; "
+            "other integer types with dataset.stretch=minmax or percentile)",
             "unsupported_pixel_type",
         )
     return header
@@ -308,9 +486,12 @@ class ImageFolderSource(Dataset):
     travels back with the batch, and the loop stops on it naming the file, or skips and counts it.
     """
 
-    def __init__(self, records: list[ImageRecord], resize: Sequence[int] | None) -> None:
+    def __init__(
+        self, records: list[ImageRecord], resize: Sequence[int] | None, reading: RasterReading | None = None
+    ) -> None:
         self.records = records
         self.resize = tuple(resize) if resize else None
+        self.reading = reading
 
     def __len__(self) -> int:
         return len(self.records)
@@ -318,7 +499,10 @@ class ImageFolderSource(Dataset):
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
         try:
-            pixels = read_image(record.path)
+            if self.reading is None:
+                pixels = read_image(record.path)
+            else:
+                pixels = self.reading.read(record.path, record.band)
         except CorruptImageError as exc:
             return {"record": record, "image": None, "error": exc}
         except Exception as exc:  # anything else a decoder raises is still this file's problem
@@ -389,17 +573,30 @@ class DatasetScan:
     problems: list[FileProblem]
     ignored: dict[str, int]  # suffix -> files in class folders that are not images
     warnings: list[str]
+    reading: RasterReading | None = None  # raster mode: bands, band mode, stretch
 
     def class_counts(self) -> dict[str, int]:
         return dict(Counter(record.label for record in self.records))
 
+    @property
+    def radiometry(self) -> dict[str, Any]:
+        """The pixel rule or the raster reading actually used, for metrics.json."""
+        if self.reading is None:
+            return {"stretch": "none", "rule": "pixel rule: 8 bit kept, 16 bit round(v / 257), float x 255"}
+        return self.reading.record()
+
 
 def _check_value_ranges(
-    records: Sequence[ImageRecord], headers: Sequence[ImageHeader]
+    records: Sequence[ImageRecord], headers: Sequence[ImageHeader], reading: RasterReading | None
 ) -> tuple[list[str], list[FileProblem]]:
-    """Read a few uint16/float files whole: low bit depth warns, floats outside [0, 1] are problems."""
+    """Read a few uint16/float files whole: low bit depth warns, floats outside [0, 1] are problems.
+
+    Under a stretch (minmax, percentile) every value range is mapped to 8 bit: nothing to check.
+    """
     warnings: list[str] = []
     problems: list[FileProblem] = []
+    if reading is not None and reading.stretch != "none":
+        return warnings, problems
     deep = [(r, h) for r, h in zip(records, headers) if h.dtype == "uint16"][:RANGE_SAMPLE]
     floats = [(r, h) for r, h in zip(records, headers) if h.dtype.startswith("float")][:RANGE_SAMPLE]
     if deep:
@@ -408,11 +605,15 @@ def _check_value_ranges(
             warnings.append(
                 f"16-bit images use values up to {highest} only (of 65535; checked {len(deep)} files): "
                 f"the pixel rule round(v / 257) maps them to at most {round(highest / 257)} of 255, a "
-                "nearly black image. Stretch them to 8 bit first if that is not what you want to score."
+                "nearly black image. Set dataset.stretch=percentile (or minmax) if that is not what you "
+                "want to score."
             )
     for record, _ in floats:
         try:
-            to_rgb_uint8(_raw_pixels(record.path), str(record.path))
+            if reading is None:
+                to_rgb_uint8(_raw_pixels(record.path), str(record.path))
+            else:
+                reading.read(record.path)
         except CorruptImageError as exc:
             problems.append(FileProblem(record, exc.reason, str(exc)))
     return warnings, problems
@@ -433,12 +634,13 @@ def scan(cfg: DatasetConfig, min_side: int = 1) -> DatasetScan:
     """
     root = resolve_root(cfg)
     listed = list_images(root, cfg.classes, cfg.limit_per_class)
+    reading = RasterReading.from_config(cfg)
     records: list[ImageRecord] = []
     headers: list[ImageHeader] = []
     problems: list[FileProblem] = []
     for record in listed:
         try:
-            header = read_header(record.path)
+            header = read_header(record.path, reading)
         except CorruptImageError as exc:
             problems.append(FileProblem(record, exc.reason, str(exc)))
             continue
@@ -464,7 +666,7 @@ def scan(cfg: DatasetConfig, min_side: int = 1) -> DatasetScan:
         else:
             records.append(record)
             headers.append(header)
-    warnings, range_problems = _check_value_ranges(records, headers)
+    warnings, range_problems = _check_value_ranges(records, headers, reading)
     bad = {problem.record.index for problem in range_problems}
     problems = sorted([*problems, *range_problems], key=lambda problem: problem.record.index)
     kept = [(r, h) for r, h in zip(records, headers) if r.index not in bad]
@@ -473,6 +675,8 @@ def scan(cfg: DatasetConfig, min_side: int = 1) -> DatasetScan:
         warnings.append(
             f"{rotated} image(s) carry an EXIF rotation, which is not applied (as in the study's loaders)"
         )
+    if reading is not None and reading.band_mode == "each":
+        kept, problems = _one_record_per_band(kept, problems, reading)
     sizes = [(cfg.resize[0], cfg.resize[1]) if cfg.resize else (h.height, h.width) for _, h in kept]
     labels = sorted({record.label for record in listed})
     return DatasetScan(
@@ -482,7 +686,70 @@ def scan(cfg: DatasetConfig, min_side: int = 1) -> DatasetScan:
         problems,
         ignored_files(root, labels),
         warnings,
+        reading,
     )
+
+
+def _one_record_per_band(
+    kept: list[tuple[ImageRecord, ImageHeader]], problems: list[FileProblem], reading: RasterReading
+) -> tuple[list[tuple[ImageRecord, ImageHeader]], list[FileProblem]]:
+    """band_mode=each: every band of a usable file becomes a record; indices stay dense, in dataset order.
+
+    A problem file keeps one (renumbered) record, so skipped files are still counted once.
+    """
+    items: list[tuple[ImageRecord, ImageHeader | None, FileProblem | None]] = [
+        *((record, header, None) for record, header in kept),
+        *((problem.record, None, problem) for problem in problems),
+    ]
+    items.sort(key=lambda item: item[0].index)
+    expanded: list[tuple[ImageRecord, ImageHeader]] = []
+    renumbered: list[FileProblem] = []
+    for record, header, problem in items:
+        if problem is not None:
+            renumbered.append(
+                dataclasses.replace(
+                    problem, record=dataclasses.replace(record, index=len(expanded) + len(renumbered))
+                )
+            )
+            continue
+        assert header is not None
+        for band in reading.file_bands(header.channels, str(record.path)):
+            index = len(expanded) + len(renumbered)
+            expanded.append(
+                (
+                    ImageRecord(index, band_image_id(record.image_id, band), record.label, record.path, band),
+                    header,
+                )
+            )
+    return expanded, renumbered
+
+
+def dataset_limits(records: Sequence[ImageRecord], reading: RasterReading) -> dict[int, tuple[float, float]]:
+    """``stretch_scope=dataset``: each band's limits from the valid pixels of every file (read once each).
+
+    One pixel type across the set is required (a histogram or a sample per band is kept, never the pixels).
+    """
+    stats: dict[int, raster.BandStats] = {}
+    dtypes: set[str] = set()
+    paths = list(dict.fromkeys(record.path for record in records))
+    for path in tqdm(paths, desc="stretch limits", unit="file", disable=len(paths) < 50):
+        try:
+            values, valid, dtype, bands = _decoded_bands(path, reading.chooser(str(path)))
+        except raster.RasterInputError as exc:
+            raise CorruptImageError(str(exc), exc.reason) from exc
+        dtypes.add(dtype)
+        if len(dtypes) > 1:
+            raise CorruptImageError(
+                f"dataset.stretch_scope=dataset needs one pixel type across the set, found {sorted(dtypes)} "
+                f"(last: {path}); use dataset.stretch_scope=image"
+            )
+        for position, band in enumerate(bands):
+            stats.setdefault(band, raster.BandStats(1, dtype)).update(values[position : position + 1], valid)
+    limits = {}
+    for band, band_stats in sorted(stats.items()):
+        stretch = band_stats.stretch(reading.stretch, reading.percentiles, [band], "dataset", f"band {band}")
+        limits[band] = (float(stretch.low[0]), float(stretch.high[0]))
+    return limits
 
 
 def problems_report(problems: Sequence[FileProblem], limit: int = 200) -> str:
@@ -529,7 +796,11 @@ def prepare(cfg: DatasetConfig, batch_size: int, pin_memory: bool, min_side: int
         )
     for problem in found.problems:
         log.warning("skipping %s", problem.message)
-    source = ImageFolderSource(found.records, cfg.resize)
+    reading = found.reading
+    if reading is not None and reading.stretch != "none" and reading.scope == "dataset" and found.records:
+        reading = dataclasses.replace(reading, dataset_limits=dataset_limits(found.records, reading))
+        found.reading = reading
+    source = ImageFolderSource(found.records, cfg.resize, reading)
     loader = DataLoader(
         source,
         batch_sampler=SameSizeBatches(found.sizes, batch_size),

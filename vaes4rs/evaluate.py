@@ -47,6 +47,15 @@ def _row(record: ImageRecord, height: int, width: int) -> dict[str, Any]:
         "class": record.label,
         "height": height,
         "width": width,
+        "band": record.band,  # written only under dataset.band_mode=each
+    }
+
+
+def _per_band(table: dict[str, Any], suite: MetricSuite) -> dict[str, dict[str, float]]:
+    """band_mode=each: every band's images aggregated as the protocol aggregates the set."""
+    bands = sorted({int(band) for band in table["band"]})
+    return {
+        f"b{band}": suite.summarise({k: v[table["band"] == band] for k, v in table.items()}) for band in bands
     }
 
 
@@ -190,7 +199,8 @@ def evaluate(
     suite = MetricSuite(cfg.metric, device, dtype)
     scores_baseline = cfg.dataset.degrade.active and cfg.metric.reference == "clean"
     baseline = MetricSuite(cfg.metric, device, dtype) if scores_baseline else None
-    columns = [*results.ID_COLUMNS, *suite.columns]
+    by_band = cfg.dataset.band_mode == "each"
+    columns = [*results.ID_COLUMNS, *(["band"] if by_band else []), *suite.columns]
     if baseline is not None:
         columns += [results.BASELINE_PREFIX + column for column in baseline.columns]
     checkpoint_file = out_dir / files.CHECKPOINT_FILE
@@ -321,6 +331,8 @@ def evaluate(
         },
         "n_images": n_images,
         **_input_record(cfg, ready, baseline, table),
+        "radiometry": dataset.scan.radiometry,
+        **({"per_band": _per_band(table, suite)} if by_band else {}),
         "n_skipped": len(skipped),
         "skipped_by_reason": dict(Counter(reason for _, reason, _ in skipped)),
         "skipped": [{"image_id": r.image_id, "reason": reason, "error": e} for r, reason, e in skipped],

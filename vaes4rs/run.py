@@ -31,6 +31,7 @@ from vaes4rs.config import register_configs, validate
 from vaes4rs.distributed import SINGLE_PROCESS, Ranks, ranks_from_environment
 from vaes4rs.errors import InputError
 from vaes4rs.evaluate import evaluate
+from vaes4rs.scene import evaluate_scene
 from vaes4rs.tracking import make_tracker
 
 log = logging.getLogger("vaes4rs")
@@ -45,7 +46,8 @@ def run_job(
     """Validate, check everything before the work, evaluate, write metrics.json, mirror it to the tracker."""
     run_cfg = validate(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    ready = preflight.check(run_cfg)
+    scene_job = run_cfg.dataset.source == "scene"  # one raster in tiles: its own checks and loop
+    ready = None if scene_job else preflight.check(run_cfg)
     if ranks.world > 1 and resume:
         log.warning("checkpoints are a single process's: a job run by %d processes starts over", ranks.world)
         resume = False
@@ -63,7 +65,11 @@ def run_job(
             tags=[run_cfg.model.name, run_cfg.dataset.name, run_cfg.metric.protocol],
             out_dir=out_dir,
         )
-        payload = evaluate(run_cfg, out_dir, ready, resume, ranks)
+        if scene_job:
+            payload = evaluate_scene(run_cfg, out_dir)
+        else:
+            assert ready is not None
+            payload = evaluate(run_cfg, out_dir, ready, resume, ranks)
         assert payload is not None  # rank 0 (or the only process) gets the merged results
         payload["config"] = resolved
         results.write_json(out_dir / files.RESULT_FILE, payload)
