@@ -103,11 +103,12 @@ def test_the_study_preset_sweeps_and_its_report_plots(
             "+experiment=degradation_study",
             *run_overrides(tiny_models / "SD21-VAE", "dataset=folder", f"dataset.root={image_folder}"),
             "dataset.limit_per_class=1",
-            f"hydra.sweep.dir={sweep}",
+            "hydra.sweep.dir=sweep",  # relative: the summary must still count each job once
         ],
-        REPO_ROOT,
+        tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "4 job(s) launched, 4 done" in done.stdout + done.stderr
     results = sorted(sweep.glob(f"*/{files.RESULT_FILE}"))
     assert len(results) == 4
     assert all("dataset.degrade=" in path.parent.name for path in results)

@@ -98,9 +98,10 @@ def _score_batch(batch: dict, job: _Job) -> int:
         recon = job.adapter.reconstruct(model_input, ids)
     against_clean = degraded and job.reference == "clean"
     reference = to_minus_one_one(clean.to(job.device, non_blocking=True)) if against_clean else model_input
-    columns = job.suite.update(recon, reference)
+    labels = [record.label for record in records]
+    columns = job.suite.update(recon, reference, labels=labels)
     if job.baseline is not None:
-        for key, values in job.baseline.update(model_input, reference).items():
+        for key, values in job.baseline.update(model_input, reference, labels=labels).items():
             columns[results.BASELINE_PREFIX + key] = values
     rows = []
     wanted = job.reconstructions is not None or any(image_id in job.sample_ids for image_id in ids)
@@ -138,18 +139,13 @@ def _latent_protocol(ready: ReadyJob) -> dict[str, Any]:
     return {"latent": meta["latent"]["policy"], "noise": f"drawn at export (seed {meta['latent']['seed']})"}
 
 
-def _input_record(
-    cfg: RunConfig, ready: ReadyJob, baseline: MetricSuite | None, table: dict[str, Any]
-) -> dict[str, Any]:
+def _input_record(cfg: RunConfig, ready: ReadyJob, baseline_metrics: dict[str, float] | None) -> dict:
     """What the VAE was given besides plain images: degradations (with the baseline's scores), latents."""
     record: dict[str, Any] = {}
     if cfg.dataset.degrade.active:
         record["degradation"] = {**describe(cfg.dataset.degrade), "reference": str(cfg.metric.reference)}
-    if baseline is not None:
-        record["baseline"] = {
-            "label": "degraded input",
-            "metrics": baseline.finalize(results.baseline_table(table, baseline)),
-        }
+    if baseline_metrics is not None:
+        record["baseline"] = {"label": "degraded input", "metrics": baseline_metrics}
     if ready.latents is not None:
         meta = ready.latents.meta
         record["latents"] = {
@@ -310,6 +306,8 @@ def evaluate(
     checkpoint_file.unlink(missing_ok=True)  # the results are complete: nothing left to resume
     table = writer.table()
     metrics = suite.finalize(table)
+    # set-level metrics (probe, CMMD) compute their per-class values in finalize: before per_class.csv
+    baseline_metrics = baseline.finalize(results.baseline_table(table, baseline)) if baseline else None
     results.write_per_class(out_dir / files.PER_CLASS_FILE, table, suite, baseline)
     if saved is not None:
         saved.close()
@@ -330,7 +328,7 @@ def evaluate(
             **_latent_protocol(ready),
         },
         "n_images": n_images,
-        **_input_record(cfg, ready, baseline, table),
+        **_input_record(cfg, ready, baseline_metrics),
         "radiometry": dataset.scan.radiometry,
         **({"per_band": _per_band(table, suite)} if by_band else {}),
         "n_skipped": len(skipped),

@@ -16,7 +16,7 @@ from vaes4rs.config import RunConfig
 from vaes4rs.data import PreparedDataset, prepare
 from vaes4rs.device import pick_device
 from vaes4rs.distributed import local_device
-from vaes4rs.errors import InputError
+from vaes4rs.errors import ConfigError, InputError
 from vaes4rs.hub import hub_offline
 from vaes4rs.metrics import weights
 from vaes4rs.models.architecture import build_architecture
@@ -76,6 +76,21 @@ def _metric_network_problems(cfg: RunConfig) -> list[str]:
     return problems
 
 
+def _timm_model_problems(cfg: RunConfig) -> list[str]:
+    """A CMMD or probe network name timm does not know (a typo) stops the job before any work."""
+    from vaes4rs.metrics.cmmd import CLIP_MODEL
+
+    named = [(CLIP_MODEL, "metric.cmmd")] if cfg.metric.cmmd else []
+    named += [(cfg.metric.probe, "metric.probe")] if cfg.metric.probe else []
+    problems = []
+    for name, setting in named:
+        try:
+            weights.timm_weights_source(name, setting)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    return problems
+
+
 def check(cfg: RunConfig) -> ReadyJob:
     """Check the whole job; raise PreflightError listing every problem, or return what is ready."""
     problems: list[str] = []
@@ -89,6 +104,7 @@ def check(cfg: RunConfig) -> ReadyJob:
     offline = hub_offline() if downloads else False
     problems += model_problems(cfg.model, offline)
     problems += _metric_network_problems(cfg)
+    problems += _timm_model_problems(cfg)
     dataset, latents = None, None
     pin = device.type == "cuda"
     try:

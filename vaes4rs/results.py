@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vaes4rs import files
 from vaes4rs.metrics.suite import MetricSuite
 
 ID_COLUMNS = ("index", "image_id", "class", "height", "width")
@@ -162,7 +163,7 @@ def sample_key(image_id: str) -> str:
     return Path(image_id).as_posix().replace("/", "__")
 
 
-SAMPLE_KINDS = ("originals", "reconstructions", "inputs")  # inputs: the degraded images the VAE was given
+SAMPLE_KINDS = (files.SAMPLE_ORIGINALS_DIR, files.SAMPLE_RECONSTRUCTIONS_DIR, files.SAMPLE_INPUTS_DIR)
 
 
 def save_samples(samples: dict[str, tuple[torch.Tensor, ...]], folder: Path) -> None:

@@ -73,7 +73,10 @@ def run_job(
         assert payload is not None  # rank 0 (or the only process) gets the merged results
         payload["config"] = resolved
         results.write_json(out_dir / files.RESULT_FILE, payload)
-        tracker.log_summary({**payload["metrics"], "n_images": payload["n_images"]})
+        summary = {**payload["metrics"], "n_images": payload["n_images"]}
+        if "baseline" in payload:  # the degraded input scored as is: logged as baseline/<metric>
+            summary["baseline"] = payload["baseline"]["metrics"]
+        tracker.log_summary(summary)
         tracker.log_image("samples", out_dir / files.SAMPLES_FILE, "originals (top), reconstructions")
         tracker.log_csv_table("per_class", out_dir / files.PER_CLASS_FILE)
         failed = False

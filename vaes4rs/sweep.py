@@ -32,7 +32,9 @@ class SweepSummary(Callback):
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         job_dir = Path(config.hydra.runtime.output_dir)
-        if job_dir in rundir.refused_dirs:
+        refused = job_dir in rundir.refused_dirs
+        job_dir = job_dir.resolve()  # the sweep's own listing below is resolved too: one key per job
+        if refused:
             self.outcomes[job_dir] = "refused"
         elif job_return.status == JobStatus.COMPLETED and job_return.return_value is not None:
             self.outcomes[job_dir] = "done"  # run.main returns the metrics, or None when the job failed
@@ -48,7 +50,7 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         written = [
-            path.parent
+            path.parent.resolve()
             for path in sweep_dir.glob(f"*/{files.RUN_CONFIG_FILE}")
             if path.stat().st_mtime >= self.started - 1 and path.parent not in self.outcomes
         ]

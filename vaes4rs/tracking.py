@@ -1,6 +1,9 @@
 """Experiment tracking: Weights & Biases (offline by default) or nothing.
 
 The run directory is the source of truth; W&B mirrors it so sweeps can be compared in its UI.
+Summary keys are metrics.json's keys; a nested object (the degraded input's ``baseline``
+metrics, say) is logged key by key as ``<object>/<key>``, so every value stays a number W&B can
+chart and sort. An empty per_class.csv field (a class without a value) is logged as missing.
 """
 
 from __future__ import annotations
@@ -13,6 +16,27 @@ from typing import Any
 from vaes4rs.config import LoggerConfig
 
 log = logging.getLogger(__name__)
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested objects as ``parent/child`` keys, the leaves as they are."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def table_cell(text: str) -> float | str | None:
+    """A per_class.csv field for a W&B table: a number, None when empty, else the text itself."""
+    if text == "":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 class Tracker:
@@ -57,7 +81,7 @@ class WandbTracker(Tracker):
 
     def log_summary(self, values):
         if self.run is not None:
-            for key, value in values.items():
+            for key, value in flatten(values).items():
                 self.run.summary[key] = value
 
     def log_image(self, key, path, caption):
@@ -75,7 +99,7 @@ class WandbTracker(Tracker):
 
             with path.open(newline="") as handle:
                 header, *rows = list(csv.reader(handle))
-            typed = [[row[0], *(float(value) for value in row[1:])] for row in rows]
+            typed = [[row[0], *(table_cell(value) for value in row[1:])] for row in rows]
             self.run.log({key: wandb.Table(columns=header, data=typed)})
 
     def finish(self, failed):

@@ -1,11 +1,12 @@
 """A protocol's metric suite: per-image columns per batch, dataset-level numbers at the end.
 
-The evaluation loop calls ``update(recon, original)`` per batch, ``finalize(table)`` once
-with the per-image table in dataset order, and stores ``protocol()`` under "protocol" in
+The evaluation loop calls ``update(recon, original, labels=...)`` per batch, ``finalize(table)``
+once with the per-image table in dataset order, and stores ``protocol()`` under "protocol" in
 metrics.json. Each metric is a small class in ``METRICS`` so new ones slot in without
 touching the loop; a protocol (conf/metric/*.yaml) only switches them on and picks among
 definitions. No metric keeps images: per-image values go to the results table, FID keeps
-running float64 feature sums, KID keeps features only for sets under 2,048 images.
+running float64 feature sums, KID keeps features only for sets under 2,048 images, CMMD and
+the probe keep one embedding per image and set (768 floats for CLIP) with its class label.
 
 What ``finalize`` returns, i.e. ``metrics`` in metrics.json, is a flat dict of numbers:
 
@@ -16,7 +17,13 @@ What ``finalize`` returns, i.e. ``metrics`` in metrics.json, is a flat dict of n
   the percentile-bootstrap 95% interval of the per-image mean (parallel keys rather than a
   nested object, so every value stays a number that tables and trackers can read);
 - ``fid`` with ``fid_n`` (images per set: originals and reconstructions count the same);
-- ``kid`` and ``kid_std`` (mean and spread over torch-fidelity's random subsets).
+- ``kid`` and ``kid_std`` (mean and spread over torch-fidelity's random subsets);
+- ``cmmd``, ``cmmd_biased`` and ``cmmd_n`` (``vaes4rs.metrics.cmmd``);
+- ``probe_acc``, ``probe_acc_recon``, ``probe_drop``, ``probe_acc_fit_recon``,
+  ``probe_drop_fit_recon``, ``probe_n_train`` and ``probe_n_test`` (``vaes4rs.metrics.probe``).
+
+``summarise`` gives the same numbers for one class's rows (per_class.csv): the per-image
+metrics' aggregates, and ``cmmd`` and the probe's numbers of that class.
 
 A metric switched off (``metric.fid=false``) or not computable (KID on 2,048 images or
 more, FID on one image) is absent, never zero; ``protocol()["not_computed"]`` says why.
@@ -25,6 +32,7 @@ more, FID on one image) is absent, never zero; ``protocol()["not_computed"]`` sa
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -32,7 +40,8 @@ import numpy as np
 import torch
 
 from vaes4rs.config import MetricConfig
-from vaes4rs.metrics import fid, perceptual, pixel, stats, weights
+from vaes4rs.metrics import cmmd, fid, perceptual, pixel, probe, stats, weights
+from vaes4rs.metrics.features import FrozenFeatures, KeptFeatures
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +66,19 @@ class Metric:
         """Score a batch; pred/target are [-1, 1] float tensors after the protocol's casts."""
         raise NotImplementedError
 
+    def observe(
+        self, pred: torch.Tensor, target: torch.Tensor, labels: Sequence[str] | None
+    ) -> dict[str, torch.Tensor]:
+        """What the suite calls per batch: ``update``, for the metrics that need no class labels."""
+        return self.update(pred, target)
+
     def finalize(self, table: dict[str, np.ndarray]) -> dict[str, float]:
         """Dataset-level values from the per-image table (rows in dataset order)."""
         raise NotImplementedError
+
+    def summarise(self, table: dict[str, np.ndarray]) -> dict[str, float]:
+        """Values over some rows (one class) for per_class.csv; set-level metrics have none by default."""
+        return {}
 
     def state(self) -> dict[str, Any]:
         """What the metric keeps across batches (a checkpoint holds it; per-image metrics keep none)."""
@@ -78,6 +97,13 @@ class PerImageMetric(Metric):
 
     def finalize(self, table):
         return self.summary(stats.group_mean(table[self.name], self.cfg.pool_size), table[self.name])
+
+    def summarise(self, table):
+        """``finalize`` over the rows; a subset too small for an interval is no job-level omission."""
+        recorded = dict(self.not_computed)
+        values = self.finalize(table)
+        self.not_computed = recorded
+        return values
 
     def summary(self, value: float, per_image: np.ndarray) -> dict[str, float]:
         out = {self.name: value}
@@ -248,7 +274,131 @@ class InceptionDistances(Metric):
         return out
 
 
-METRICS: tuple[type[Metric], ...] = (PSNR, SSIM, LPIPS, LPIPSVGG, MSSSIM, DISTS, InceptionDistances)
+class KeptEmbeddings(Metric):
+    """Set-level numbers from one embedding per image and set, kept per batch with the class labels.
+
+    The kept batches are the checkpoint state; several processes' batches are merged back into
+    the set's batch order. ``per_class`` (filled by ``finalize``) feeds per_class.csv.
+    """
+
+    def __init__(self, cfg: MetricConfig, device: torch.device) -> None:
+        super().__init__(cfg, device)
+        self.net = self.load()
+        self.kept = KeptFeatures()
+        self.per_class: dict[str, dict[str, float]] = {}
+
+    def load(self) -> FrozenFeatures:
+        raise NotImplementedError
+
+    def observe(self, pred, target, labels):
+        self.kept.add(labels, self.net(target), self.net(pred))
+        return {}
+
+    def state(self):
+        return {**super().state(), "kept": self.kept.entries}
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.kept = KeptFeatures(list(state["kept"]))
+
+    def merge_states(self, states, batches):
+        super().merge_states(states, batches)
+        self.kept = KeptFeatures.merge([KeptFeatures(list(state["kept"])) for state in states], batches)
+
+    def summarise(self, table):
+        """The class's values when the rows are one class's (per_class.csv asks class by class)."""
+        classes = set(table["class"].tolist())
+        return dict(self.per_class.get(classes.pop(), {})) if len(classes) == 1 else {}
+
+
+class CMMD(KeptEmbeddings):
+    name = "cmmd"
+    definition = (
+        f"CLIP ViT-L/14-336 (OpenAI weights, timm {cmmd.CLIP_MODEL}) 768-d projected image embeddings, "
+        "L2-normalised, of [0, 1] images after CLIP's eval preprocessing (bicubic antialiased resize to 336, "
+        f"centre crop, CLIP mean/std); Gaussian RBF sigma {cmmd.SIGMA:g}; MMD^2 x {cmmd.SCALE:g}, unbiased "
+        "(paper Eq. 3); cmmd_biased: the reference code's estimate (all pairs, diagonal included)"
+    )
+    clip_model = cmmd.CLIP_MODEL  # the tests plant a one-block CLIP of the same family instead
+    clip_overrides: dict[str, Any] = {}
+
+    def load(self):
+        overrides = self.clip_overrides
+        return cmmd.load_clip(self.cfg.weights, self.device, model_name=self.clip_model, **overrides)
+
+    def finalize(self, table):
+        if self.kept.count < 2:
+            self.not_computed["cmmd"] = f"needs at least 2 images, got {self.kept.count}"
+            return {}
+        real, fake = self.kept.real().to(self.device), self.kept.fake().to(self.device)
+        unbiased, biased = cmmd.mmd2(real, fake)
+        labels = np.asarray(self.kept.labels() or [])
+        self.per_class = {}
+        for label in sorted(set(labels.tolist())):
+            rows = torch.from_numpy(np.flatnonzero(labels == label)).to(self.device)
+            if len(rows) >= 2:
+                self.per_class[label] = {"cmmd": cmmd.mmd2(real[rows], fake[rows])[0]}
+        return {"cmmd": unbiased, "cmmd_biased": biased, "cmmd_n": self.kept.count}
+
+
+class Probe(KeptEmbeddings):
+    name = "probe"
+    probe_overrides: dict[str, Any] = {}  # timm model arguments of the tests' small stand-ins
+
+    def __init__(self, cfg: MetricConfig, device: torch.device) -> None:
+        super().__init__(cfg, device)
+        self.definition = (
+            f"timm {cfg.probe} pooled features (num_classes=0) after its eval preprocessing; "
+            f"{cfg.probe_classifier} classifier ({self._classifier_text()}) fit on a seeded split "
+            f"({cfg.probe_train_fraction:g} of each class, seed {cfg.probe_seed}) of the originals "
+            "(probe_acc, probe_acc_recon) or of the reconstructions (probe_acc_fit_recon), scored on "
+            "the held-out images; accuracies are fractions, drops are probe_acc minus the other"
+        )
+
+    def _classifier_text(self) -> str:
+        if self.cfg.probe_classifier == "knn":
+            return f"k={probe.KNN_K} cosine neighbours, votes exp(sim/{probe.KNN_TEMPERATURE:g})"
+        return f"ridge regression onto one-hot classes, standardised features, penalty {probe.RIDGE:g}"
+
+    def load(self):
+        return probe.load_probe(str(self.cfg.probe), self.cfg.weights, self.device, **self.probe_overrides)
+
+    def observe(self, pred, target, labels):
+        if labels is None:
+            raise ValueError("metric.probe needs each image's class: MetricSuite.update(..., labels=...)")
+        return super().observe(pred, target, labels)
+
+    def finalize(self, table):
+        labels = self.kept.labels()
+        if not labels:
+            self.not_computed["probe"] = "no image was scored"
+            return {}
+        try:
+            overall, self.per_class = probe.scores(
+                self.kept.real().to(self.device),
+                self.kept.fake().to(self.device),
+                labels,
+                str(self.cfg.probe_classifier),
+                self.cfg.probe_train_fraction,
+                self.cfg.probe_seed,
+            )
+        except probe.ProbeUnavailable as exc:
+            self.not_computed["probe"] = str(exc)
+            return {}
+        return overall
+
+
+METRICS: tuple[type[Metric], ...] = (
+    PSNR,
+    SSIM,
+    LPIPS,
+    LPIPSVGG,
+    MSSSIM,
+    DISTS,
+    InceptionDistances,
+    CMMD,
+    Probe,
+)
 
 
 class MetricSuite:
@@ -294,13 +444,18 @@ class MetricSuite:
             target = target.to(self.model_dtype).float()
         return pred, target
 
-    def update(self, recon: torch.Tensor, original: torch.Tensor) -> dict[str, np.ndarray]:
-        """Per-image columns of a batch (``no_grad`` as a block: mutation testing skips decorators)."""
+    def update(
+        self, recon: torch.Tensor, original: torch.Tensor, *, labels: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Per-image columns of a batch (``no_grad`` as a block: mutation testing skips decorators).
+
+        ``labels``: each image's class, which the probe needs and CMMD uses for per-class values.
+        """
         with torch.no_grad():
             pred, target = self.prepare(recon, original)
             columns: dict[str, np.ndarray] = {}
             for metric in self.metrics:
-                for key, values in metric.update(pred, target).items():
+                for key, values in metric.observe(pred, target, labels).items():
                     columns[key] = values.detach().double().cpu().numpy()
         return columns
 
@@ -314,17 +469,11 @@ class MetricSuite:
         return values
 
     def summarise(self, table: dict[str, np.ndarray]) -> dict[str, float]:
-        """The per-image metrics over some rows (one class), aggregated as ``finalize`` does.
-
-        A subset too small for an interval is not a job-level omission, so it leaves the
-        suite's ``not_computed`` as it was.
-        """
+        """The metrics over some rows (one class), aggregated as ``finalize`` does: per-image
+        metrics from the rows, CMMD and the probe from what ``finalize`` found for the class."""
         values: dict[str, float] = {}
         for metric in self.metrics:
-            if isinstance(metric, PerImageMetric):
-                recorded = dict(metric.not_computed)
-                values.update(metric.finalize(table))
-                metric.not_computed = recorded
+            values.update(metric.summarise(table))
         return values
 
     def state_dict(self) -> dict[str, Any]:

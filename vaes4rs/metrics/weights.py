@@ -6,18 +6,29 @@ from the place its library would put it: the torch hub cache
 use, so a cache filled by any of them serves us too) or, for the LPIPS-AlexNet heads, the
 copy shipped inside the torchmetrics wheel. A missing cache file is downloaded once; when
 that fails (offline machines), the error names the file, its URL and both ways to supply it.
+
+timm networks (CMMD's CLIP, the probe's backbone) are built by ``timm.create_model(...,
+pretrained=True)``, so their weights come from where timm keeps them, the Hugging Face cache
+(``timm/<model>`` repos), or from ``metric.weights.<key>=<file>`` through timm's own loading
+(its checkpoint filters convert original layouts, e.g. OpenAI's CLIP file).
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 from urllib.error import URLError
 
 import torch
+from torch import nn
+
+from vaes4rs.errors import ConfigError
+from vaes4rs.hub import hub_offline
 
 log = logging.getLogger(__name__)
 
@@ -128,3 +139,86 @@ def weight_path(key: str, explicit: Mapping[str, str | None]) -> Path:
 def load_state(key: str, explicit: Mapping[str, str | None]) -> dict[str, torch.Tensor]:
     """The state dict (or piq's tensor list/dict) stored in the file for ``key``, on the CPU."""
     return torch.load(weight_path(key, explicit), map_location="cpu", weights_only=True)
+
+
+def timm_weights_source(name: str, setting: str) -> tuple[str, str]:
+    """Where timm reads ``name``'s pretrained weights and how to fetch them; a ConfigError when
+    timm has no such model or no pretrained weights for it (a typo must not pass as "missing")."""
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    try:
+        cfg = get_pretrained_cfg(name) if timm.is_model(name) else None
+    except RuntimeError:  # a known architecture with an unknown tag
+        cfg = None
+    if cfg is None or not (cfg.hf_hub_id or cfg.url):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.5)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ConfigError(
+            f"{setting}={name}: not a timm model with pretrained weights{hint}; e.g. resnet50, "
+            "vit_small_patch14_dinov2.lvd142m (timm.list_models(pretrained=True) lists them all)"
+        )
+    if cfg.hf_hub_id:
+        return f"the hub repo {cfg.hf_hub_id}", f"`hf download {cfg.hf_hub_id}` (same HF_HOME)"
+    return cfg.url, f"a download of {cfg.url} into {Path(torch.hub.get_dir()) / 'checkpoints'}"
+
+
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a .safetensors file or a torch file (tensors only: no pickled code)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path, device="cpu")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def load_timm(
+    name: str,
+    key: str,
+    explicit: Mapping[str, str | None],
+    *,
+    setting: str,
+    used_by: str,
+    switch: str,
+    **overrides: Any,
+) -> nn.Module:
+    """timm's ``name`` with its pretrained weights, in eval mode and frozen.
+
+    The weights come from ``metric.weights.<key>=<file>`` or timm's hub cache (downloaded there
+    when the hub answers). ``setting`` is the config key that names the model and ``switch``
+    turns its metric off; both appear in the errors. ``overrides`` go to ``timm.create_model``
+    (``num_classes=0`` for pooled features; the tests' small stand-ins set ``depth``).
+    """
+    import timm
+
+    source, fetch = timm_weights_source(name, setting)
+    supply = (
+        f"set metric.weights.{key}=<file> (a timm state dict, .safetensors or .pth); "
+        f"or switch it off with {switch}"
+    )
+    given = explicit.get(key)
+    if given:
+        path = Path(given).expanduser()
+        if not path.is_file():
+            raise MissingWeightsError(
+                f"metric.weights.{key}={given}: no such file. {used_by} needs {name}: {supply}"
+            )
+        try:
+            model = timm.create_model(
+                name, pretrained=True, pretrained_cfg_overlay={"state_dict": _read_state(path)}, **overrides
+            )
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise ConfigError(f"metric.weights.{key}={given} does not hold {name}'s weights: {err}") from err
+    else:
+        offline = hub_offline()
+        try:
+            model = timm.create_model(name, pretrained=True, **overrides)
+        except OSError as err:  # huggingface_hub's errors, urllib's and a missing file are all OSErrors
+            why = (str(err).splitlines() or [type(err).__name__])[0]
+            raise MissingWeightsError(
+                f"{used_by} needs {name}'s pretrained weights from {source}: not in the cache and "
+                f"{'the hub is offline' if offline else 'the download failed'} ({why}). Fetch them with "
+                f"{fetch} where there is network, or {supply}"
+            ) from err
+    return model.eval().requires_grad_(False)

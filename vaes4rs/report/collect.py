@@ -25,6 +25,9 @@ from vaes4rs.files import ERROR_FILE, PER_CLASS_FILE, RESULT_FILE
 from vaes4rs.report.labels import FOLDER, SUBSET, scored_dataset_label
 
 HYDRA_CONFIG = Path(".hydra") / "config.yaml"
+# per_class.csv's columns of the degraded input scored as is (vaes4rs.results.BASELINE_PREFIX; the
+# report stays free of torch, which that module imports).
+BASELINE_PREFIX = "input_"
 
 
 class ReportError(Exception):
@@ -47,6 +50,10 @@ class JobResult:
     finished: float
     not_computed: dict[str, str] = field(default_factory=dict)  # metric key -> why the job has none
     dataset_kind: str = ""  # FOLDER, SUBSET or "" (the named set in full, or a result that does not say)
+    # Under dataset.degrade: the settings, and the degraded input scored as is (the do-nothing baseline).
+    degradation: dict[str, Any] = field(default_factory=dict)
+    baseline: dict[str, float] = field(default_factory=dict)
+    baseline_label: str = ""
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -175,6 +182,7 @@ def read_result(path: Path) -> JobResult:
         payload = _object(json.loads(path.read_text()), "the file")
         protocol = _object(payload["protocol"], "protocol")
         not_computed = _object(protocol.get("not_computed", {}), "protocol.not_computed")
+        baseline = _object(payload.get("baseline") or {}, "baseline")
         return JobResult(
             path=path.parent,
             model=str(payload["model"]),
@@ -188,6 +196,9 @@ def read_result(path: Path) -> JobResult:
             finished=_timestamp(payload, path),
             not_computed={str(key): str(reason) for key, reason in not_computed.items()},
             dataset_kind=_dataset_kind(payload.get("config")),
+            degradation=dict(_object(payload.get("degradation") or {}, "degradation")),
+            baseline=_numeric(_object(baseline.get("metrics", {}), "baseline.metrics")),
+            baseline_label=str(baseline.get("label") or "degraded input") if baseline else "",
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise _unreadable(path, exc) from exc

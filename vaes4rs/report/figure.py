@@ -19,13 +19,13 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
 
-from vaes4rs.files import SAMPLES_DIR
+from vaes4rs.files import SAMPLE_ORIGINALS_DIR, SAMPLE_RECONSTRUCTIONS_DIR, SAMPLES_DIR
 from vaes4rs.report.collect import ReportError, Selection
 from vaes4rs.report.labels import model_label, order_datasets, order_models
 
 FIGURE_FILES = ("figure.png", "figure.pdf")
-ORIGINALS = "originals"
-RECONSTRUCTIONS = "reconstructions"
+ORIGINALS = SAMPLE_ORIGINALS_DIR
+RECONSTRUCTIONS = SAMPLE_RECONSTRUCTIONS_DIR
 ZOOM_FRACTION = 4  # the zoom window is 1/4 of the image side
 TILE_INCHES = 1.6
 ERROR_CMAP = "inferno"

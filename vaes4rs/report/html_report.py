@@ -17,8 +17,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from vaes4rs.files import PER_CLASS_FILE
-from vaes4rs.report.collect import ReportError, Selection, read_per_class
-from vaes4rs.report.columns import METRIC_COLUMNS
+from vaes4rs.report.collect import BASELINE_PREFIX, ReportError, Selection, read_per_class
+from vaes4rs.report.columns import EXTRA_COLUMNS, METRIC_COLUMNS
 from vaes4rs.report.figure import figure_for
 from vaes4rs.report.labels import model_label, order_datasets, order_models
 from vaes4rs.report.render import html_grid
@@ -35,6 +35,7 @@ thead tr:first-child th { border-top: 2px solid #222; }
 thead tr:last-child th { border-bottom: 1px solid #222; }
 tbody tr:last-child td { border-bottom: 2px solid #222; }
 th.group { border-bottom: 1px solid #888; text-align: center; }
+tr.reference td { border-top: 1px solid #888; font-style: italic; }  /* the unranked do-nothing row */
 .note { font-size: 0.85rem; color: #444; max-width: 60rem; }
 .wide { overflow-x: auto; }  /* a table with intervals may be wider than the page: it scrolls alone */
 img { max-width: 100%; height: auto; display: block; margin: 0.5rem 0 1.5rem; }
@@ -59,39 +60,58 @@ def _by_class(rows: list[dict[str, Any]], classes: list[str], key: str) -> np.nd
     return values
 
 
+def _series(selection: Selection, dataset: str) -> list[tuple[str, list[dict[str, Any]], str]]:
+    """(label, per_class.csv rows, column prefix) of each bar series: every model, then the
+    degraded input scored as is (``input_<metric>`` columns) from the first job that wrote them."""
+    found = [
+        (job, rows)
+        for m in order_models(selection.models)
+        if (job := selection.get(m, dataset)) and (rows := read_per_class(job.path))
+    ]
+    series = [(model_label(job.model), rows, "") for job, rows in found]
+    for job, rows in found:
+        if any(key.startswith(BASELINE_PREFIX) for row in rows for key in row):
+            series.append((f"Do nothing ({job.baseline_label or 'degraded input'})", rows, BASELINE_PREFIX))
+            break
+    return series
+
+
 def per_class_chart(selection: Selection, dataset: str) -> Figure | None:
-    """Horizontal grouped bars, one panel per per-image metric, classes down the page.
+    """Horizontal grouped bars, one panel per metric in per_class.csv, classes down the page.
 
     Classes run down (not across) because 45 classes x 7 models only stay readable when
     the chart grows in the direction a web page scrolls. A class's bootstrap 95 % interval
     (``<metric>_ci95_lo``/``_hi`` in per_class.csv, when the protocol wrote them) is a black
     line across its bar's end, drawn from end to end so an interval need not hold its mean.
+    The degraded input's own scores (the do-nothing baseline) are a last, hatched grey bar.
     """
-    per_model = {
-        m: rows
-        for m in order_models(selection.models)
-        if (job := selection.get(m, dataset)) and (rows := read_per_class(job.path))
-    }
-    if not per_model:
+    series = _series(selection, dataset)
+    if not series:
         return None
-    classes = list(dict.fromkeys(str(row["class"]) for rows in per_model.values() for row in rows))
-    columns = [c for c in METRIC_COLUMNS if any(c.key in row for rows in per_model.values() for row in rows)]
+    classes = list(dict.fromkeys(str(row["class"]) for _, rows, _ in series for row in rows))
+    columns = [
+        c
+        for c in (*METRIC_COLUMNS, *EXTRA_COLUMNS)
+        if any(c.key in row for _, rows, _ in series for row in rows)
+    ]
     if not columns:
         return None
-    height = 0.8 / len(per_model)
+    height = 0.8 / len(series)
     y = np.arange(len(classes))
     fig = Figure(
-        figsize=(4.5 * len(columns) + 1.5, max(3.0, 0.1 * len(classes) * len(per_model) + 1.5)),
+        figsize=(4.5 * len(columns) + 1.5, max(3.0, 0.1 * len(classes) * len(series) + 1.5)),
         layout="constrained",
     )
     axes = fig.subplots(1, len(columns), sharey=True, squeeze=False)[0]
     for ax, column in zip(axes, columns):
         lowest, with_intervals = np.inf, False
-        for i, (model, rows) in enumerate(per_model.items()):
-            values = _by_class(rows, classes, column.key)
-            low, high = (_by_class(rows, classes, f"{column.key}_ci95_{end}") for end in ("lo", "hi"))
-            offset = (i - (len(per_model) - 1) / 2) * height
-            ax.barh(y + offset, values, height, label=model_label(model))
+        for i, (label, rows, prefix) in enumerate(series):
+            key = prefix + column.key
+            values = _by_class(rows, classes, key)
+            low, high = (_by_class(rows, classes, f"{key}_ci95_{end}") for end in ("lo", "hi"))
+            offset = (i - (len(series) - 1) / 2) * height
+            style = {"color": "0.75", "hatch": "//"} if prefix else {}
+            ax.barh(y + offset, values, height, label=label, **style)
             drawn = np.isfinite(values) & np.isfinite(low) & np.isfinite(high)
             if drawn.any():
                 ax.hlines((y + offset)[drawn], low[drawn], high[drawn], colors="black", linewidth=0.8)
@@ -111,7 +131,7 @@ def per_class_chart(selection: Selection, dataset: str) -> Figure | None:
     fig.legend(
         *axes[0].get_legend_handles_labels(),
         loc="outside upper center",
-        ncols=min(len(per_model), 7),
+        ncols=min(len(series), 7),
         fontsize=8,
     )
     return fig

@@ -6,7 +6,8 @@ brackets when the job has one, and each metric's direction as an arrow. How a fo
 mark, an interval, an arrow, a sign or special characters is its ``GridFormat``, so marking and
 arrows are written once; only the grid's frame (a markdown rule line, booktabs rules and
 ``\\multicolumn`` groups, ``<thead>``) differs per format. Every label (model, dataset, metric)
-goes through the format's escape, so a name with ``|`` or ``_`` cannot break a grid.
+goes through the format's escape, so a name with ``|`` or ``_`` cannot break a grid. The
+unranked do-nothing row comes last, below a rule in LaTeX and HTML.
 ``markdown_table`` is the plain markdown grid underneath, for any table of already formatted cells.
 """
 
@@ -17,11 +18,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from html import escape as html_escape
 
-from vaes4rs.report.columns import METRIC_COLUMNS, STAT_COLUMNS, MetricColumn
-from vaes4rs.report.labels import model_label
-from vaes4rs.report.table import Cell, PaperTable
+from vaes4rs.report.columns import STAT_COLUMNS, MetricColumn
+from vaes4rs.report.table import Cell, PaperTable, Row
 
-Rows = list[tuple[str, list[Cell]]]  # PaperTable.rows() or .diff_rows()
+Rows = list[Row]  # PaperTable.rows() or .diff_rows()
 
 _TEX_SPECIAL = {
     "\\": r"\textbackslash{}",
@@ -76,8 +76,8 @@ class GridFormat:
         return text + self.interval.format(*map(self.escape, ends)) if ends else text
 
     def body(self, rows: Rows) -> list[list[str]]:
-        """Each row's printed cells, the model's label first."""
-        return [[self.escape(model_label(model)), *map(self.cell, cells)] for model, cells in rows]
+        """Each row's printed cells, its label first."""
+        return [[self.escape(row.label), *map(self.cell, row.cells)] for row in rows]
 
 
 MARKDOWN = GridFormat(
@@ -130,12 +130,12 @@ def markdown_grid(table: PaperTable, rows: Rows) -> list[str]:
 def latex_grid(table: PaperTable, rows: Rows) -> list[str]:
     """A booktabs ``tabular``: each metric spans its datasets' columns above the dataset names."""
     n_stats, n_sets = len(STAT_COLUMNS), len(table.datasets)
-    spec = "l" + "r" * n_stats + "".join(" " + "r" * n_sets for _ in METRIC_COLUMNS)
-    groups = [rf"\multicolumn{{{n_sets}}}{{c}}{{{LATEX.metric(c)}}}" for c in METRIC_COLUMNS]
+    metrics = table.metric_columns
+    spec = "l" + "r" * n_stats + "".join(" " + "r" * n_sets for _ in metrics)
+    groups = [rf"\multicolumn{{{n_sets}}}{{c}}{{{LATEX.metric(c)}}}" for c in metrics]
     first = 2 + n_stats
     rules = [
-        rf"\cmidrule(lr){{{first + i * n_sets}-{first + (i + 1) * n_sets - 1}}}"
-        for i in range(len(METRIC_COLUMNS))
+        rf"\cmidrule(lr){{{first + i * n_sets}-{first + (i + 1) * n_sets - 1}}}" for i in range(len(metrics))
     ]
     header = [LATEX.escape(text) for text in [*_LEADING, *(table.dataset_label(d) for _, d in table.columns)]]
     return [
@@ -145,7 +145,10 @@ def latex_grid(table: PaperTable, rows: Rows) -> list[str]:
         " ".join(rules),
         " & ".join(header) + r" \\",
         r"\midrule",
-        *(" & ".join(cells) + r" \\" for cells in LATEX.body(rows)),
+        *(
+            (r"\midrule " if row.reference else "") + " & ".join(cells) + r" \\"
+            for row, cells in zip(rows, LATEX.body(rows))
+        ),
         r"\bottomrule",
         r"\end{tabular}",
     ]
@@ -154,13 +157,18 @@ def latex_grid(table: PaperTable, rows: Rows) -> list[str]:
 def html_grid(table: PaperTable, rows: Rows) -> str:
     """A ``<table>``: each metric spans its datasets' columns above the dataset names."""
     n_sets = len(table.datasets)
-    groups = "".join(f'<th class="group" colspan="{n_sets}">{HTML.metric(c)}</th>' for c in METRIC_COLUMNS)
+    groups = "".join(
+        f'<th class="group" colspan="{n_sets}">{HTML.metric(c)}</th>' for c in table.metric_columns
+    )
     header = "".join(
         f"<th>{html_escape(text)}</th>"
         for text in [*_LEADING, *(table.dataset_label(d) for _, d in table.columns)]
     )
     body = "".join(
-        "<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>" for cells in HTML.body(rows)
+        ('<tr class="reference">' if row.reference else "<tr>")
+        + "".join(f"<td>{cell}</td>" for cell in cells)
+        + "</tr>"
+        for row, cells in zip(rows, HTML.body(rows))
     )
     head = f'<tr><th colspan="{len(_LEADING)}"></th>{groups}</tr><tr>{header}</tr>'
     return f"<table><thead>{head}</thead><tbody>{body}</tbody></table>"

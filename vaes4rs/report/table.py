@@ -10,6 +10,11 @@ numbers marked differently: every value equal to the best is bold, and the secon
 to every value equal to the next distinct one. A column with fewer than two values has no
 mark, one whose values all tie has no second, and NaN or inf prints N/A and is never ranked.
 Every N/A of a finished job is explained in the footnote by the reason the job recorded.
+
+The study's metrics are always columns; CMMD and the probe's (``EXTRA_COLUMNS``) are columns
+when a job has them. Jobs run on degraded inputs that scored the degraded input itself (the
+do-nothing baseline, ``baseline`` in metrics.json) add a last row, "Do nothing (degraded
+input)", which is never ranked: the number a model has to beat to have helped at all.
 """
 
 from __future__ import annotations
@@ -17,11 +22,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from vaes4rs.files import RESULT_FILE
 from vaes4rs.report.collect import JobResult, Selection, finite, number
-from vaes4rs.report.columns import GFLOPS_SIZE, METRIC_COLUMNS, STAT_COLUMNS, MetricColumn
+from vaes4rs.report.columns import EXTRA_COLUMNS, GFLOPS_SIZE, METRIC_COLUMNS, STAT_COLUMNS, MetricColumn
 from vaes4rs.report.labels import (
     canonical_dataset,
     canonical_model,
@@ -34,6 +39,7 @@ from vaes4rs.report.published import Published
 
 Interval = tuple[float, float]  # bootstrap 95 % (low, high)
 Cells = list[tuple[str, str]]  # (model, dataset)
+BASELINE_ROW = "do_nothing"  # the baseline row's name in the CSV's model column
 
 
 def model_stat(stats: dict[str, Any], key: str) -> float | None:
@@ -57,11 +63,12 @@ class Cell:
     mark: str = ""
     signed: bool = False
     interval: Interval | None = None
+    missing: str = "N/A"  # printed without a value ("" where a value makes no sense)
 
     @property
     def text(self) -> str:
         if self.value is None:
-            return "N/A"
+            return self.missing
         return f"{self.value:{'+' if self.signed else ''}.{self.decimals}f}"
 
     @property
@@ -71,6 +78,15 @@ class Cell:
             return None
         low, high = self.interval
         return f"{low:.{self.decimals}f}", f"{high:.{self.decimals}f}"
+
+
+class Row(NamedTuple):
+    """One printed row: its label (a model's, or the baseline's), its cells, and whether it is the
+    unranked reference row that grids set apart."""
+
+    label: str
+    cells: list[Cell]
+    reference: bool = False
 
 
 def _minus(ours: float | None, theirs: float | None) -> float | None:
@@ -94,6 +110,11 @@ class PaperTable:
     failures: list[str]  # "label on dataset: error (path)", for the markdown only
     published: Published | None = None
     diff_notes: list[str] = field(default_factory=list)  # under the difference table: why cells are N/A
+    metric_columns: list[MetricColumn] = field(default_factory=lambda: list(METRIC_COLUMNS))
+    # The do-nothing row: (dataset, metric) -> the degraded input's score; "" label: no such row.
+    baseline: dict[tuple[str, str], float | None] = field(default_factory=dict)
+    baseline_intervals: dict[tuple[str, str], Interval] = field(default_factory=dict)
+    baseline_label: str = ""
 
     def dataset_label(self, dataset: str) -> str:
         return self.dataset_labels[dataset]
@@ -101,18 +122,19 @@ class PaperTable:
     @property
     def interval_keys(self) -> list[str]:
         """Metric keys with an interval in at least one cell, in column order (the CSV's interval columns)."""
-        keys = {key for _, _, key in self.intervals}
-        return [c.key for c in METRIC_COLUMNS if c.key in keys]
+        keys = {key for _, _, key in self.intervals} | {key for _, key in self.baseline_intervals}
+        return [c.key for c in self.metric_columns if c.key in keys]
 
     @property
     def columns(self) -> list[tuple[MetricColumn, str]]:
         """Metric-major, as in the study: PSNR for every dataset, then SSIM, ..."""
-        return [(column, dataset) for column in METRIC_COLUMNS for dataset in self.datasets]
+        return [(column, dataset) for column in self.metric_columns for dataset in self.datasets]
 
-    def rows(self) -> list[tuple[str, list[Cell]]]:
-        return [
-            (
-                model,
+    def rows(self) -> list[Row]:
+        """A row per model, then the do-nothing row when the jobs scored a degraded input."""
+        rows = [
+            Row(
+                model_label(model),
                 [Cell(self.stats[model][s.key], s.decimals) for s in STAT_COLUMNS]
                 + [
                     Cell(
@@ -126,6 +148,17 @@ class PaperTable:
             )
             for model in self.models
         ]
+        if self.baseline_label:
+            cells = [Cell(None, s.decimals, missing="") for s in STAT_COLUMNS] + [
+                Cell(
+                    self.baseline.get((d, c.key)),
+                    c.decimals,
+                    interval=self.baseline_intervals.get((d, c.key)),
+                )
+                for c, d in self.columns
+            ]
+            rows.append(Row(self.baseline_label, cells, reference=True))
+        return rows
 
     def published_stat(self, model: str, key: str) -> float | None:
         if self.published is None:
@@ -143,11 +176,11 @@ class PaperTable:
     def metric_diff(self, model: str, dataset: str, key: str) -> float | None:
         return _minus(self.values[model, dataset, key], self.published_metric(model, dataset, key))
 
-    def diff_rows(self) -> list[tuple[str, list[Cell]]]:
+    def diff_rows(self) -> list[Row]:
         """This table minus the published one, cell by cell (N/A where either is missing)."""
         return [
-            (
-                model,
+            Row(
+                model_label(model),
                 [Cell(self.stat_diff(model, s.key), s.decimals, signed=True) for s in STAT_COLUMNS]
                 + [Cell(self.metric_diff(model, d, c.key), c.decimals, signed=True) for c, d in self.columns],
             )
@@ -204,25 +237,28 @@ def _counts_text(selection: Selection, models: list[str], datasets: list[str]) -
     return "Images scored: " + "; ".join(parts) + "."
 
 
-def _interval(job: JobResult, key: str) -> Interval | None:
-    """The job's bootstrap interval of ``key`` when both ends are finite numbers."""
-    low, high = (finite(job.metrics.get(f"{key}_ci95_{end}")) for end in ("lo", "hi"))
+def _interval(metrics: dict[str, float], key: str) -> Interval | None:
+    """The bootstrap interval of ``key`` in a job's metrics when both ends are finite numbers."""
+    low, high = (finite(metrics.get(f"{key}_ci95_{end}")) for end in ("lo", "hi"))
     return None if low is None or high is None else (low, high)
 
 
-def _why_na(job: JobResult, key: str) -> str:
+def _why_na(job: JobResult, column: MetricColumn) -> str:
     """Why a finished job's cell is N/A, read from its metrics.json; the footnote prints it after the metric.
 
     A recorded reason is cut to its first clause ("network weights missing (...)"): the rest names
-    files and commands, which the job's log and warning already gave.
+    files and commands, which the job's log and warning already gave. A column's own key is
+    looked up first, then the metric behind it (``probe`` for the probe's columns).
     """
-    value = job.metrics.get(key)
+    value = job.metrics.get(column.key)
     if value is not None:
         return f"written as {value} in {RESULT_FILE}"
-    if key in job.not_computed:
-        return "not computed: " + job.not_computed[key].split(": ", 1)[0]
-    if job.protocol_params.get(key) is False:
-        return f"switched off (metric.{key}=false)"
+    for key in dict.fromkeys((column.key, column.switch)):
+        if key in job.not_computed:
+            return "not computed: " + job.not_computed[key].split(": ", 1)[0]
+    switch = job.protocol_params.get(column.switch, True)
+    if switch is False or switch is None:
+        return f"switched off (metric.{column.switch}={'false' if switch is False else 'null'})"
     return f"not computed, no reason recorded in {RESULT_FILE}"
 
 
@@ -258,7 +294,7 @@ def _na_notes(
             if job is None:
                 continue
             if values[cell] is None:
-                reason = _why_na(job, column.key)
+                reason = _why_na(job, column)
                 missing.setdefault(reason, {}).setdefault(column.label, []).append((model, dataset))
             elif cell not in intervals and (why := job.not_computed.get(f"{column.key}_ci95")):
                 reason = why.split(": ", 1)[0]
@@ -274,7 +310,11 @@ def _na_notes(
 
 
 def _diff_notes(
-    selection: Selection, models: list[str], datasets: list[str], published: Published
+    selection: Selection,
+    models: list[str],
+    datasets: list[str],
+    columns: list[MetricColumn],
+    published: Published,
 ) -> list[str]:
     """Why difference cells are N/A (a model or dataset the published table lacks) and when they mislead."""
     name = published.path.name
@@ -288,6 +328,9 @@ def _diff_notes(
     if unknown:
         known = ", ".join(dataset_label(d) for d in dict.fromkeys(d for _, d in published.metrics))
         notes.append(f"N/A: {', '.join(unknown)} not in {name}, which has {known}.")
+    extra = [c.label for c in columns if c not in METRIC_COLUMNS]
+    if extra:
+        notes.append(f"N/A: {', '.join(extra)} not in {name} (the study did not report them).")
     partial = [
         selection.dataset_label(d)
         for d in datasets
@@ -299,6 +342,93 @@ def _diff_notes(
             "which images were scored."
         )
     return notes
+
+
+def _shown_columns(selection: Selection) -> list[MetricColumn]:
+    """The study's columns, and each extra one a job has a value for or recorded a reason about."""
+    jobs = list(selection.results.values())
+    extra = [
+        c
+        for c in EXTRA_COLUMNS
+        if any(
+            c.key in job.metrics or c.key in job.not_computed or c.switch in job.not_computed for job in jobs
+        )
+    ]
+    return [*METRIC_COLUMNS, *extra]
+
+
+def _scalars(settings: dict[str, Any]) -> str:
+    """``key=value`` of a settings object's scalar entries (a degradation's)."""
+    return ", ".join(f"{k}={v}" for k, v in settings.items() if isinstance(v, (str, int, float)) or v is None)
+
+
+def _extra_notes(selection: Selection, columns: list[MetricColumn], labels: dict[str, str]) -> list[str]:
+    """What the CMMD and probe columns mean, with the probe's accuracy on originals per dataset."""
+    keys = {c.key for c in columns}
+    notes = []
+    if "cmmd" in keys:
+        notes.append(
+            "CMMD: MMD^2 x 1000 between CLIP ViT-L/14-336 embeddings of originals and reconstructions "
+            "(Gaussian kernel, sigma 10; unbiased estimator, the reference code's biased one is cmmd_biased "
+            f"in {RESULT_FILE})."
+        )
+    if keys & {c.key for c in EXTRA_COLUMNS if c.switch == "probe"}:
+        accuracy = []
+        for dataset, label in labels.items():
+            jobs = [job for (_, d), job in selection.results.items() if d == dataset]
+            found = sorted(
+                {f"{v:.3f}" for job in jobs if (v := finite(job.metrics.get("probe_acc"))) is not None}
+            )
+            if found:
+                accuracy.append(f"{label} {'-'.join(dict.fromkeys([found[0], found[-1]]))}")
+        notes.append(
+            "Probe: a classifier on frozen features (metric.probe) fit on a seeded split of each class's "
+            "originals; acc. recon: its accuracy on the held-out images' reconstructions; drop: its accuracy "
+            "on the held-out originals minus that; acc. fit on recon: fit on the reconstructions, scored on "
+            "the held-out originals."
+            + (f" Accuracy on the held-out originals: {'; '.join(accuracy)}." if accuracy else "")
+        )
+    return notes
+
+
+def _baseline(
+    selection: Selection, datasets: list[str], columns: list[MetricColumn], labels: dict[str, str]
+) -> tuple[dict[tuple[str, str], float | None], dict[tuple[str, str], Interval], str, list[str]]:
+    """The do-nothing row from the newest job per dataset that scored its degraded input, its label,
+    and the footnote lines saying what was degraded (also for jobs that scored no baseline)."""
+    values: dict[tuple[str, str], float | None] = {}
+    intervals: dict[tuple[str, str], Interval] = {}
+    label, notes = "", []
+    settings: dict[str, list[str]] = {}
+    for dataset in datasets:
+        jobs = sorted(
+            (job for (_, d), job in selection.results.items() if d == dataset), key=lambda job: job.finished
+        )
+        for job in jobs:
+            if job.degradation:
+                settings.setdefault(_scalars(job.degradation), []).append(
+                    f"{model_label(job.model)} on {labels[dataset]}"
+                )
+        scored = [job for job in jobs if job.baseline_label]
+        if not scored:
+            continue
+        newest = scored[-1]
+        label = label or f"Do nothing ({newest.baseline_label})"
+        for column in columns:
+            values[dataset, column.key] = finite(newest.baseline.get(column.key))
+            if values[dataset, column.key] is not None and (
+                interval := _interval(newest.baseline, column.key)
+            ):
+                intervals[dataset, column.key] = interval
+    for text, where in settings.items():
+        scope = "every job" if len(where) == len(selection.results) else ", ".join(where)
+        notes.append(f"Inputs degraded before the VAE ({scope}): {text}.")
+    if label:
+        notes.append(
+            f"{label}: the degraded input itself scored against the clean image, no model: the score a "
+            "model has to beat to have helped; not ranked."
+        )
+    return values, intervals, label, notes
 
 
 def build_table(selection: Selection, published: Published | None = None) -> PaperTable:
@@ -315,21 +445,22 @@ def build_table(selection: Selection, published: Published | None = None) -> Pap
     values: dict[tuple[str, str, str], float | None] = {}
     intervals: dict[tuple[str, str, str], Interval] = {}
     marks: dict[tuple[str, str, str], str] = {}
-    for column in METRIC_COLUMNS:
+    metric_columns = _shown_columns(selection)
+    for column in metric_columns:
         for dataset in datasets:
             column_values = {}
             for model in models:
                 job = selection.get(model, dataset)
                 value = finite(job.metrics.get(column.key)) if job else None
                 column_values[model] = values[model, dataset, column.key] = value
-                if job and value is not None and (interval := _interval(job, column.key)):
+                if job and value is not None and (interval := _interval(job.metrics, column.key)):
                     intervals[model, dataset, column.key] = interval
             for model, mark in _marks(column_values, column).items():
                 marks[model, dataset, column.key] = mark
     n_images = {cell: job.n_images for cell, job in selection.results.items()}
 
-    better = [c.label for c in METRIC_COLUMNS if c.higher_is_better]
-    worse = [c.label for c in METRIC_COLUMNS if not c.higher_is_better]
+    better = [c.label for c in metric_columns if c.higher_is_better]
+    worse = [c.label for c in metric_columns if not c.higher_is_better]
     footnote = [
         _protocol_text(selection) + ".",
         _counts_text(selection, models, datasets),
@@ -343,7 +474,12 @@ def build_table(selection: Selection, published: Published | None = None) -> Pap
             "In brackets: the bootstrap 95 % confidence interval over images; marks compare the values."
         )
     labels = {d: selection.dataset_label(d) for d in datasets}
-    columns = [(column, dataset) for column in METRIC_COLUMNS for dataset in datasets]
+    columns = [(column, dataset) for column in metric_columns for dataset in datasets]
+    footnote += _extra_notes(selection, metric_columns, labels)
+    baseline, baseline_intervals, baseline_label, baseline_notes = _baseline(
+        selection, datasets, metric_columns, labels
+    )
+    footnote += baseline_notes
     footnote += _na_notes(selection, models, columns, values, intervals)
     failed = [selection.failures[cell] for cell in sorted(selection.failures)]
     if failed:
@@ -383,5 +519,9 @@ def build_table(selection: Selection, published: Published | None = None) -> Pap
         footnote=footnote,
         failures=[f"{model_label(f.model)} on {labels[f.dataset]}: {f.error} ({f.path})" for f in failed],
         published=published,
-        diff_notes=_diff_notes(selection, models, datasets, published) if published else [],
+        diff_notes=_diff_notes(selection, models, datasets, metric_columns, published) if published else [],
+        metric_columns=metric_columns,
+        baseline=baseline,
+        baseline_intervals=baseline_intervals,
+        baseline_label=baseline_label,
     )

@@ -15,7 +15,7 @@ from typing import Any
 from vaes4rs.report.columns import STAT_COLUMNS
 from vaes4rs.report.labels import model_label
 from vaes4rs.report.render import latex_grid, markdown_grid, tex_escape
-from vaes4rs.report.table import PaperTable
+from vaes4rs.report.table import BASELINE_ROW, PaperTable
 
 TABLE_FILES = ("paper_table.md", "paper_table.tex", "paper_table.csv")
 
@@ -73,7 +73,8 @@ def to_latex(table: PaperTable) -> str:
 
 def to_csv(table: PaperTable) -> str:
     """Unrounded numbers, one row per model; an empty field is N/A. Columns ``<dataset>_<metric>``, each
-    followed by ``_ci95_lo`` and ``_ci95_hi`` for a metric that has an interval in any cell."""
+    followed by ``_ci95_lo`` and ``_ci95_hi`` for a metric that has an interval in any cell. The
+    do-nothing baseline, when there is one, is a last row named ``do_nothing``."""
     rows = []
     with_interval = set(table.interval_keys)
     for model in table.models:
@@ -93,8 +94,16 @@ def to_csv(table: PaperTable) -> str:
                 row[f"{d}_{c.key}_published"] = table.published_metric(model, d, c.key)
                 row[f"{d}_{c.key}_diff"] = table.metric_diff(model, d, c.key)
         rows.append(row)
+    if table.baseline_label:
+        row = {"model": BASELINE_ROW, "label": table.baseline_label, "protocol": table.protocol}
+        for c, d in table.columns:
+            row[f"{d}_{c.key}"] = table.baseline.get((d, c.key))
+            if c.key in with_interval:
+                low, high = table.baseline_intervals.get((d, c.key), (None, None))
+                row[f"{d}_{c.key}_ci95_lo"], row[f"{d}_{c.key}_ci95_hi"] = low, high
+        rows.append(row)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n", restval="")
     writer.writeheader()
     writer.writerows({key: "" if value is None else value for key, value in row.items()} for row in rows)
     return buffer.getvalue()
