@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vaes4rs import files, preflight, results, rundir
 from vaes4rs.config import register_configs, validate
-from vaes4rs.distributed import SINGLE_PROCESS, Ranks, ranks_from_environment
+from vaes4rs.distributed import SINGLE_PROCESS, Ranks, rank_zero_decides, ranks_from_environment
 from vaes4rs.errors import InputError
 from vaes4rs.evaluate import evaluate
 from vaes4rs.scene import evaluate_scene
@@ -134,9 +134,11 @@ def main(cfg: DictConfig) -> dict[str, float] | None:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     ranks = ranks_from_environment()
     if not ranks.main:  # torchrun: score this rank's share; rank 0 claims the directory and writes
-        run_cfg = validate(cfg)
-        evaluate(run_cfg, out_dir, preflight.check(run_cfg), ranks=ranks)
+        if rank_zero_decides(False, ranks):
+            run_cfg = validate(cfg)
+            evaluate(run_cfg, out_dir, preflight.check(run_cfg), ranks=ranks)
         return None
+    decided = False  # other ranks wait for rank 0's go/no-go: exactly one on every path
     try:
         claimed = rundir.claim(
             out_dir,
@@ -145,6 +147,9 @@ def main(cfg: DictConfig) -> dict[str, float] | None:
             resume=str(OmegaConf.select(cfg, "run.resume", default="auto")),
         )
         with claimed as held:
+            shared = not held.finished and OmegaConf.select(cfg, "dataset.source") != "scene"
+            rank_zero_decides(shared, ranks)
+            decided = True
             if held.finished:
                 log.info(
                     "job %s skipped: its results for this config are complete (run.skip_finished)", out_dir
@@ -161,6 +166,8 @@ def main(cfg: DictConfig) -> dict[str, float] | None:
         rundir.refused_dirs.add(out_dir)
         log.error("job %s refused: %s", out_dir.name, exc)
     finally:
+        if not decided:
+            rank_zero_decides(False, ranks)
         release_memory()
     if not multirun:
         sys.exit(2)
