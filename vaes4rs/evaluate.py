@@ -28,7 +28,7 @@ from vaes4rs.metrics.suite import MetricSuite
 from vaes4rs.models.adapter import NOISE_RULE, VAEAdapter
 from vaes4rs.models.compile import compile_vae
 from vaes4rs.models.cost import model_stats
-from vaes4rs.models.zoo import load_vae
+from vaes4rs.models.zoo import adapter_for, load_vae
 from vaes4rs.preflight import ReadyJob
 from vaes4rs.reconstructions import ReconstructionWriter
 
@@ -185,13 +185,7 @@ def evaluate(
         ready.latents.check_model(module)
     if cfg.run.compile:
         compile_vae(module, channels_last=True)
-    adapter = VAEAdapter(
-        module,
-        name=cfg.model.name,
-        latent=cfg.metric.latent,
-        seed=cfg.metric.seed,
-        upcast_on_overflow=cfg.model.upcast_on_overflow,
-    )
+    adapter = adapter_for(module, cfg.model, cfg.metric)
     suite = MetricSuite(cfg.metric, device, dtype)
     scores_baseline = cfg.dataset.degrade.active and cfg.metric.reference == "clean"
     baseline = MetricSuite(cfg.metric, device, dtype) if scores_baseline else None

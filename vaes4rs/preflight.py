@@ -91,8 +91,8 @@ def _timm_model_problems(cfg: RunConfig) -> list[str]:
     return problems
 
 
-def check(cfg: RunConfig) -> ReadyJob:
-    """Check the whole job; raise PreflightError listing every problem, or return what is ready."""
+def device_and_model_problems(cfg: RunConfig) -> tuple[torch.device, list[str]]:
+    """Where the job computes, and what is wrong with the device or the model's files."""
     problems: list[str] = []
     device = torch.device("cpu")
     try:
@@ -101,8 +101,13 @@ def check(cfg: RunConfig) -> ReadyJob:
         problems.append(str(exc))
     uses_hub = cfg.dataset.source == "hub" or (cfg.model.loader == "diffusers" and not cfg.model.path)
     downloads = uses_hub or (cfg.model.loader == "tiny" and not cfg.model.path)
-    offline = hub_offline() if downloads else False
-    problems += model_problems(cfg.model, offline)
+    problems += model_problems(cfg.model, hub_offline() if downloads else False)
+    return device, problems
+
+
+def check(cfg: RunConfig) -> ReadyJob:
+    """Check the whole job; raise PreflightError listing every problem, or return what is ready."""
+    device, problems = device_and_model_problems(cfg)
     problems += _metric_network_problems(cfg)
     problems += _timm_model_problems(cfg)
     dataset, latents = None, None

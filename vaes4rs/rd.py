@@ -51,7 +51,7 @@ from vaes4rs.latents import LatentDataset, LatentWriter, Storage, decode_batches
 from vaes4rs.metrics import pixel
 from vaes4rs.metrics.suite import MetricSuite
 from vaes4rs.models.adapter import VAEAdapter
-from vaes4rs.models.zoo import load_vae
+from vaes4rs.models.zoo import adapter_for, load_vae
 from vaes4rs.results import software_versions, write_json
 from vaes4rs.storage import report
 from vaes4rs.storage.codecs import CodecError, check_available, check_params, get_codec, round_trip
@@ -276,13 +276,7 @@ def rd_job(cfg: RDConfig, out_dir: Path, command: str) -> list[dict[str, Any]]:
     device, dataset = ready.device, ready.dataset
     dtype = resolve_dtype(cfg.model.dtype, device)
     module = load_vae(cfg.model, device, dtype)
-    adapter = VAEAdapter(
-        module,
-        name=cfg.model.name,
-        latent=str(cfg.metric.latent),
-        seed=cfg.metric.seed,
-        upcast_on_overflow=cfg.model.upcast_on_overflow,
-    )
+    adapter = adapter_for(module, cfg.model, cfg.metric)
     scores = Scores(MetricSuite(cfg.metric, device, dtype))
     meta = {
         "model": model_record(cfg.model, module, adapter),

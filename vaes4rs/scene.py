@@ -45,15 +45,13 @@ from tqdm import tqdm
 from vaes4rs import raster, results
 from vaes4rs.config import RunConfig
 from vaes4rs.data import RasterReading, band_image_id
-from vaes4rs.device import pick_device, resolve_dtype
-from vaes4rs.distributed import local_device
+from vaes4rs.device import resolve_dtype
 from vaes4rs.errors import InputError
-from vaes4rs.hub import hub_offline
 from vaes4rs.metrics import pixel
 from vaes4rs.models.adapter import NOISE_RULE, VAEAdapter
 from vaes4rs.models.cost import model_stats
-from vaes4rs.models.zoo import load_vae, model_problems
-from vaes4rs.preflight import PreflightError, min_image_side
+from vaes4rs.models.zoo import adapter_for, load_vae
+from vaes4rs.preflight import PreflightError, device_and_model_problems, min_image_side
 
 log = logging.getLogger(__name__)
 
@@ -336,14 +334,7 @@ def _open_scene(cfg: RunConfig, reading: RasterReading, min_side: int) -> SceneS
 
 def check_scene(cfg: RunConfig) -> tuple[torch.device, SceneSource]:
     """The scene job's pre-flight: device, model files, raster (bands, size), all reported at once."""
-    problems: list[str] = []
-    device = torch.device("cpu")
-    try:
-        device = local_device(pick_device(cfg.run.device))
-    except RuntimeError as exc:
-        problems.append(str(exc))
-    downloads = not cfg.model.path and cfg.model.loader in ("diffusers", "tiny")
-    problems += model_problems(cfg.model, hub_offline() if downloads else False)
+    device, problems = device_and_model_problems(cfg)
     reading = RasterReading.from_config(cfg.dataset, force=True)
     assert reading is not None
     scene = None
@@ -652,13 +643,7 @@ def evaluate_scene(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     assert reading is not None
     dtype = resolve_dtype(cfg.model.dtype, device)
     module = load_vae(cfg.model, device, dtype)
-    adapter = VAEAdapter(
-        module,
-        name=cfg.model.name,
-        latent=cfg.metric.latent,
-        seed=cfg.metric.seed,
-        upcast_on_overflow=cfg.model.upcast_on_overflow,
-    )
+    adapter = adapter_for(module, cfg.model, cfg.metric)
     grid = Grid(scene.height, scene.width, cfg.dataset.tile, cfg.dataset.overlap)
     if not scene.georeferenced:
         log.warning("%s has no CRS or transform: the outputs are plain TIFFs (not georeferenced)", scene.path)

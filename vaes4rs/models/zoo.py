@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vaes4rs.config import ModelConfig
+from vaes4rs.config import MetricConfig, ModelConfig
 from vaes4rs.hub import hub_offline
+from vaes4rs.models.adapter import VAEAdapter
 from vaes4rs.models.architecture import diffusers_class, read_model_config
 
 
@@ -147,3 +148,14 @@ def load_vae(cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> nn.M
             ) from exc
         raise RuntimeError(_missing_weights_message(cfg, exc)) from exc
     return model.to(device).eval()
+
+
+def adapter_for(module: nn.Module, model: ModelConfig, metric: MetricConfig) -> VAEAdapter:
+    """The adapter a job scores through: the protocol's latent policy and seed, the model's overflow rule."""
+    return VAEAdapter(
+        module,
+        name=model.name,
+        latent=str(metric.latent),
+        seed=metric.seed,
+        upcast_on_overflow=model.upcast_on_overflow,
+    )
