@@ -92,6 +92,8 @@ def test_bands_and_percentile_stretch_per_image(ms_folder) -> None:
         assert np.array_equal(images[f"fields/{name}"], np.moveaxis(expected, 0, -1)), name
     b = images["fields/b.tif"]
     assert (b[:10, :12] == 0).all() and b[10:, 12:].max() == 255  # nodata black; the range is used
+    warnings = scan(folder_cfg(root, bands=[4, 3, 2], stretch="percentile")).warnings
+    assert any("2 file(s) declare a nodata value" in w and "dataset=scene masks" in w for w in warnings)
 
 
 def test_twelve_bit_data_nearly_black_without_a_stretch_full_range_with_one(ms_folder) -> None:

@@ -282,6 +282,7 @@ class ImageHeader:
     channels: int
     dtype: str  # numpy name of the decoded pixels: uint8, uint16, float32, bool, ...
     rotated: bool  # an EXIF orientation other than "normal" (not applied, see the pixel rule)
+    nodata: bool = False  # a GeoTIFF declaring a nodata value (GDAL_NODATA tag)
 
 
 _PIL_DTYPES = {"1": "bool", "I": "int32", "F": "float32"}
@@ -294,12 +295,13 @@ def _tiff_header(path: Path) -> ImageHeader:
         page = tif.pages.first
         shape, dtype = tif.series[0].shape, tif.series[0].dtype
         end = max((o + n for o, n in zip(page.dataoffsets, page.databytecounts)), default=0)
+        nodata = "GDAL_NODATA" in page.tags
     if end > path.stat().st_size:
         raise CorruptImageError(f"{path}: truncated (pixel data ends past the end of the file)", "truncated")
     if len(shape) == 3 and shape[0] in (1, 3, 4) and shape[-1] not in (1, 2, 3, 4):
         shape = (*shape[1:], shape[0])  # planar (C, H, W)
     channels = shape[2] if len(shape) == 3 else 1
-    return ImageHeader(int(shape[0]), int(shape[1]), int(channels), str(dtype), rotated=False)
+    return ImageHeader(int(shape[0]), int(shape[1]), int(channels), str(dtype), rotated=False, nodata=nodata)
 
 
 def _has_end_marker(path: Path, marker: bytes) -> bool:
@@ -333,7 +335,8 @@ def _raster_header(path: Path, reading: RasterReading) -> ImageHeader:
     _tiff_header(path)  # data past the end of the file
     try:
         with raster.open_raster(path) as src:
-            return ImageHeader(src.height, src.width, src.count, str(src.dtypes[0]), rotated=False)
+            dtype, nodata = str(src.dtypes[0]), src.nodata is not None
+            return ImageHeader(src.height, src.width, src.count, dtype, rotated=False, nodata=nodata)
     except raster.RasterInputError as exc:
         raise CorruptImageError(str(exc), exc.reason) from exc
 
@@ -674,6 +677,12 @@ def scan(cfg: DatasetConfig, min_side: int = 1) -> DatasetScan:
     if rotated:
         warnings.append(
             f"{rotated} image(s) carry an EXIF rotation, which is not applied (as in the study's loaders)"
+        )
+    with_nodata = sum(h.nodata for _, h in kept)
+    if with_nodata:
+        warnings.append(
+            f"{with_nodata} file(s) declare a nodata value: in image folders nodata pixels become 0 and "
+            "are scored like any other pixel; dataset=scene masks them out of every metric"
         )
     if reading is not None and reading.band_mode == "each":
         kept, problems = _one_record_per_band(kept, problems, reading)
