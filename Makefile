@@ -36,9 +36,9 @@ MUTATION_DIR ?= outputs/mutation
 MUTANTS ?=  # optional mutant-name globs, e.g. MUTANTS='vaes4rs.metrics.pixel.*'
 
 .PHONY: mutation
-mutation:  ## mutmut on metrics/, adapter.py and families.py with their fast tests, in a fresh copy under MUTATION_DIR (slow: see README)
+mutation:  ## mutmut on metrics/, adapter.py, families.py and report/table.py with their fast tests, in a fresh copy under MUTATION_DIR (slow: see README)
 	rm -rf $(MUTATION_DIR) && mkdir -p $(MUTATION_DIR)
-	git ls-files -co --exclude-standard -- vaes4rs tests conf pyproject.toml | tar -cf - -T - | tar -xf - -C $(MUTATION_DIR)
+	git ls-files -co --exclude-standard -- vaes4rs tests conf experiments/paper pyproject.toml | tar -cf - -T - | tar -xf - -C $(MUTATION_DIR)
 	cd $(MUTATION_DIR) && OMP_NUM_THREADS=1 $(PYTHON) -m mutmut run --max-children 2 $(MUTANTS) > mutmut-run.log 2>&1; \
 		$(PYTHON) -m mutmut results --all true > results.txt; \
 		awk '{split($$1, p, "."); m = p[1] "." p[2] "." p[3]; $$1 = ""; n[m ":" $$0]++} END {for (k in n) print k ": " n[k]}' results.txt | sort; \
