@@ -285,3 +285,17 @@ def test_the_run_loop_gives_the_probe_each_image_class(
     typo = validate(compose_conf([*overrides, "metric.probe=resnet5O"]))
     with pytest.raises(preflight.PreflightError, match="metric.probe=resnet5O: not a timm model"):
         preflight.check(typo)
+
+
+def test_a_second_suite_reuses_the_first_suites_network_and_scores_the_same(planted):
+    """The degraded-input baseline is a second suite: it takes the first one's loaded network."""
+    cfg = probe_config()
+    first = MetricSuite(cfg, CPU, torch.float32)
+    second = MetricSuite(cfg, CPU, torch.float32, networks=first.networks)
+    alone = MetricSuite(cfg, CPU, torch.float32)
+    assert second.metrics[0].net is first.metrics[0].net and alone.metrics[0].net is not first.metrics[0].net
+    for recon, original, labels in image_batches():
+        second.update(recon, original, labels=labels)
+        alone.update(recon, original, labels=labels)
+    assert torch.equal(second.metrics[0].kept.real(), alone.metrics[0].kept.real())
+    assert torch.equal(second.metrics[0].kept.fake(), alone.metrics[0].kept.fake())

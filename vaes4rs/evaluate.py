@@ -188,7 +188,7 @@ def evaluate(
     adapter = adapter_for(module, cfg.model, cfg.metric)
     suite = MetricSuite(cfg.metric, device, dtype)
     scores_baseline = cfg.dataset.degrade.active and cfg.metric.reference == "clean"
-    baseline = MetricSuite(cfg.metric, device, dtype) if scores_baseline else None
+    baseline = MetricSuite(cfg.metric, device, dtype, networks=suite.networks) if scores_baseline else None
     by_band = cfg.dataset.band_mode == "each"
     columns = [*results.ID_COLUMNS, *(["band"] if by_band else []), *suite.columns]
     if baseline is not None:

@@ -32,7 +32,7 @@ more, FID on one image) is absent, never zero; ``protocol()["not_computed"]`` sa
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -46,6 +46,9 @@ from vaes4rs.metrics.features import FrozenFeatures, KeptFeatures
 log = logging.getLogger(__name__)
 
 
+Networks = dict[str, Any]  # metric class name -> its loaded network, shared by one job's suites
+
+
 class Metric:
     """Base class: ``update`` returns per-image columns; ``finalize`` set-level values."""
 
@@ -53,10 +56,22 @@ class Metric:
     columns: tuple[str, ...] = ()
     definition: str = ""  # recorded in metrics.json so a number says how it was made
 
-    def __init__(self, cfg: MetricConfig, device: torch.device) -> None:
+    def __init__(self, cfg: MetricConfig, device: torch.device, networks: Networks | None = None) -> None:
         self.cfg = cfg
         self.device = device
         self.not_computed: dict[str, str] = {}  # metric key -> why it is absent from the results
+        self._networks = {} if networks is None else networks  # shared by the suites of one job
+
+    def network(self, build: Callable[[], Any]) -> Any:
+        """This metric's frozen network: built once, then shared with the job's other suites.
+
+        The degraded-input baseline is a second suite of the same protocol; its networks hold no
+        state, so it reuses the first suite's instead of loading a second CLIP ViT-L or Inception.
+        """
+        key = type(self).__name__
+        if key not in self._networks:
+            self._networks[key] = build()
+        return self._networks[key]
 
     @classmethod
     def enabled(cls, cfg: MetricConfig) -> bool:
@@ -151,9 +166,9 @@ class LPIPS(PerImageMetric):
     columns = ("lpips",)
     definition = "LPIPS v0.1, AlexNet backbone and official linear heads, network input [-1, 1]"
 
-    def __init__(self, cfg: MetricConfig, device: torch.device) -> None:
-        super().__init__(cfg, device)
-        self.net = perceptual.load_lpips_alex(cfg.weights, device)
+    def __init__(self, cfg: MetricConfig, device: torch.device, networks: Networks | None = None) -> None:
+        super().__init__(cfg, device, networks)
+        self.net = self.network(lambda: perceptual.load_lpips_alex(cfg.weights, device))
 
     def update(self, pred, target):
         return {"lpips": self.net(pred.float(), target.float())}
@@ -164,9 +179,9 @@ class LPIPSVGG(PerImageMetric):
     columns = ("lpips_vgg",)
     definition = "piq LPIPS, VGG16 backbone, input [0, 1] (ImageNet-normalised inside)"
 
-    def __init__(self, cfg: MetricConfig, device: torch.device) -> None:
-        super().__init__(cfg, device)
-        self.net = perceptual.load_lpips_vgg(cfg.weights, device)
+    def __init__(self, cfg: MetricConfig, device: torch.device, networks: Networks | None = None) -> None:
+        super().__init__(cfg, device, networks)
+        self.net = self.network(lambda: perceptual.load_lpips_vgg(cfg.weights, device))
 
     def update(self, pred, target):
         return {"lpips_vgg": self.net((pred.float() + 1) / 2, (target.float() + 1) / 2)}
@@ -186,9 +201,9 @@ class DISTS(PerImageMetric):
     columns = ("dists",)
     definition = "piq DISTS, VGG16 with L2 pooling, input [0, 1], sides over 256 px resized to 256"
 
-    def __init__(self, cfg: MetricConfig, device: torch.device) -> None:
-        super().__init__(cfg, device)
-        self.net = perceptual.load_dists(cfg.weights, device)
+    def __init__(self, cfg: MetricConfig, device: torch.device, networks: Networks | None = None) -> None:
+        super().__init__(cfg, device, networks)
+        self.net = self.network(lambda: perceptual.load_dists(cfg.weights, device))
 
     def update(self, pred, target):
         return {"dists": self.net((pred.float() + 1) / 2, (target.float() + 1) / 2)}
@@ -204,9 +219,9 @@ class InceptionDistances(Metric):
     def enabled(cls, cfg: MetricConfig) -> bool:
         return cfg.fid or cfg.kid
 
-    def __init__(self, cfg: MetricConfig, device: torch.device) -> None:
-        super().__init__(cfg, device)
-        self.net = fid.load_inception(cfg.weights, cfg.fid_resize, device)
+    def __init__(self, cfg: MetricConfig, device: torch.device, networks: Networks | None = None) -> None:
+        super().__init__(cfg, device, networks)
+        self.net = self.network(lambda: fid.load_inception(cfg.weights, cfg.fid_resize, device))
         self.real = fid.FeatureStats(fid.FEATURE_DIM, device)
         self.fake = fid.FeatureStats(fid.FEATURE_DIM, device)
         self.kept: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if cfg.kid else None
@@ -281,9 +296,9 @@ class KeptEmbeddings(Metric):
     the set's batch order. ``per_class`` (filled by ``finalize``) feeds per_class.csv.
     """
 
-    def __init__(self, cfg: MetricConfig, device: torch.device) -> None:
-        super().__init__(cfg, device)
-        self.net = self.load()
+    def __init__(self, cfg: MetricConfig, device: torch.device, networks: Networks | None = None) -> None:
+        super().__init__(cfg, device, networks)
+        self.net = self.network(self.load)
         self.kept = KeptFeatures()
         self.per_class: dict[str, dict[str, float]] = {}
 
@@ -345,8 +360,8 @@ class Probe(KeptEmbeddings):
     name = "probe"
     probe_overrides: dict[str, Any] = {}  # timm model arguments of the tests' small stand-ins
 
-    def __init__(self, cfg: MetricConfig, device: torch.device) -> None:
-        super().__init__(cfg, device)
+    def __init__(self, cfg: MetricConfig, device: torch.device, networks: Networks | None = None) -> None:
+        super().__init__(cfg, device, networks)
         self.definition = (
             f"timm {cfg.probe} pooled features (num_classes=0) after its eval preprocessing; "
             f"{cfg.probe_classifier} classifier ({self._classifier_text()}) fit on a seeded split "
@@ -407,9 +422,17 @@ class MetricSuite:
     Networks are loaded once, here, and live as long as the suite (one job).
     """
 
-    def __init__(self, cfg: MetricConfig, device: torch.device, model_dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        cfg: MetricConfig,
+        device: torch.device,
+        model_dtype: torch.dtype,
+        networks: Networks | None = None,
+    ) -> None:
+        """``networks``: another suite's ``networks`` to reuse its loaded metric networks."""
         self.cfg = cfg
         self.model_dtype = model_dtype
+        self.networks: Networks = {} if networks is None else networks
         self.metrics: list[Metric] = []
         self.skipped: dict[str, str] = {}  # metric key -> why its network could not be loaded
         for cls in METRICS:
@@ -419,7 +442,7 @@ class MetricSuite:
     def _add(self, cls: type[Metric], device: torch.device) -> None:
         """Load one metric; a missing network file skips it (loudly) or stops the job."""
         try:
-            self.metrics.append(cls(cfg=self.cfg, device=device))
+            self.metrics.append(cls(cfg=self.cfg, device=device, networks=self.networks))
         except weights.MissingWeightsError as exc:
             if self.cfg.missing_weights == "error":
                 raise
