@@ -319,3 +319,14 @@ def test_no_confidence_interval_from_one_image(caplog: pytest.LogCaptureFixture)
     two = MetricSuite(cfg, torch.device("cpu"), torch.float32)
     bounded = run(two, *images(2))
     assert bounded["psnr_ci95_lo"] <= bounded["psnr"] <= bounded["psnr_ci95_hi"]
+
+
+def test_a_bootstrap_interval_with_exact_reconstructions_is_inf_not_nan() -> None:
+    """Identical images have PSNR inf (a JPEG re-encode at the file's own quality can be exact):
+    resamples holding one have an infinite mean, and the interval says so instead of NaN."""
+    values = np.array([30.0, 31.0, np.inf, 29.0])
+    low, high = stats.bootstrap_ci(values, 200, seed=0)
+    draws = np.random.default_rng(0).integers(0, 4, (200, 4))
+    means = np.sort(values[draws].mean(axis=1))
+    assert np.isinf(means).any() and not np.isnan([low, high]).any()
+    assert high == np.inf and low == means[round(0.025 * 199)]

@@ -43,5 +43,8 @@ def bootstrap_ci(values: np.ndarray, resamples: int, seed: int, level: float = 0
         count = min(chunk, resamples - start)
         means[start : start + count] = values[rng.integers(0, len(values), (count, len(values)))].mean(axis=1)
     tail = 100 * (1 - level) / 2
-    low, high = np.percentile(means, [tail, 100 - tail])
+    if np.isfinite(means).all():
+        low, high = np.percentile(means, [tail, 100 - tail])
+    else:  # an image reconstructed exactly has PSNR inf: interpolating inf - inf would give NaN
+        low, high = np.percentile(means, [tail, 100 - tail], method="nearest")
     return float(low), float(high)
