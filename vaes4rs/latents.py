@@ -258,9 +258,13 @@ def existing_export(root: Path) -> list[str]:
     return sorted(names + [p.name for p in root.glob("shard-*.safetensors")])
 
 
-@dataclass
-class _Entry:
-    record: ImageRecord
+@dataclass(frozen=True)
+class LatentEntry:
+    """One row of ``index.csv``."""
+
+    index: int
+    image_id: str
+    label: str
     shard: str
     key: str
     shape: tuple[int, ...]
@@ -268,14 +272,15 @@ class _Entry:
     width: int
     sha256: str
     nbytes: int
-    layout: str
+    layout: str  # "channels_last" when the encoder returned the latent in that memory layout
 
     def row(self) -> list[Any]:
+        """The entry as its ``index.csv`` row (INDEX_COLUMNS)."""
         shape = "x".join(str(s) for s in self.shape)
         return [
-            self.record.index,
-            self.record.image_id,
-            self.record.label,
+            self.index,
+            self.image_id,
+            self.label,
             self.shard,
             self.key,
             shape,
@@ -315,7 +320,7 @@ class LatentWriter:
             stale.unlink()
         self.root, self.storage, self.meta = root, storage, meta
         self.max_shard_bytes = max_shard_bytes
-        self.entries: list[_Entry] = []
+        self.entries: list[LatentEntry] = []
         self.shards: dict[str, int] = {}  # shard name -> bytes on disk
         self._pending: dict[str, torch.Tensor] = {}
         self._pending_bytes = 0
@@ -338,7 +343,19 @@ class LatentWriter:
             "channels_last" if latent.dim() == 3 and shape[0] > 1 and latent.stride(0) == 1 else "contiguous"
         )
         self.entries.append(
-            _Entry(record, self._shard_name, key, shape, height, width, sha256, nbytes, layout)
+            LatentEntry(
+                record.index,
+                record.image_id,
+                record.label,
+                self._shard_name,
+                key,
+                shape,
+                height,
+                width,
+                sha256,
+                nbytes,
+                layout,
+            )
         )
         return nbytes
 
@@ -354,7 +371,7 @@ class LatentWriter:
         with path.open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(INDEX_COLUMNS)
-            writer.writerows(entry.row() for entry in sorted(self.entries, key=lambda e: e.record.index))
+            writer.writerows(entry.row() for entry in sorted(self.entries, key=lambda e: e.index))
 
     def close(self) -> dict[str, Any]:
         """Write the last shard, the index, ``latents.json`` and the card; returns ``latents.json``."""
@@ -372,7 +389,7 @@ class LatentWriter:
             "storage": storage_description(self.storage),
             "n_images": len(self.entries),
             "pixels": pixels,
-            "classes": sorted({e.record.label for e in self.entries}),
+            "classes": sorted({e.label for e in self.entries}),
             "shards": self.shards,
             "bytes": {
                 "shards": shard_bytes,
@@ -483,23 +500,6 @@ item = latents[0]  # {{"entry": LatentEntry(...), "latent": float32 tensor}}
 
 
 # --- Reading -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LatentEntry:
-    """One row of ``index.csv``."""
-
-    index: int
-    image_id: str
-    label: str
-    shard: str
-    key: str
-    shape: tuple[int, ...]
-    height: int
-    width: int
-    sha256: str
-    nbytes: int
-    layout: str  # "channels_last" when the encoder returned the latent in that memory layout
 
 
 def _read_index(path: Path) -> list[LatentEntry]:
