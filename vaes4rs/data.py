@@ -43,7 +43,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from vaes4rs import raster
-from vaes4rs.config import DatasetConfig
+from vaes4rs.config import DatasetConfig, DegradeConfig
+from vaes4rs.degrade import degrade
 from vaes4rs.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -490,11 +491,17 @@ class ImageFolderSource(Dataset):
     """
 
     def __init__(
-        self, records: list[ImageRecord], resize: Sequence[int] | None, reading: RasterReading | None = None
+        self,
+        records: list[ImageRecord],
+        resize: Sequence[int] | None,
+        reading: RasterReading | None = None,
+        degradation: DegradeConfig | None = None,
     ) -> None:
         self.records = records
         self.resize = tuple(resize) if resize else None
         self.reading = reading
+        # dataset.degrade, applied here so the workers do it beside decoding, not the loop
+        self.degradation = degradation if degradation is not None and degradation.active else None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -515,7 +522,10 @@ class ImageFolderSource(Dataset):
             from torchvision.transforms.v2.functional import resize
 
             image = resize(image, list(self.resize), antialias=True)
-        return {"record": record, "image": image, "error": None}
+        item = {"record": record, "image": image, "error": None}
+        if self.degradation is not None:  # seeded per image: the same bytes in any batch or worker
+            item["input"] = degrade(image[None], [record.image_id], self.degradation)[0]
+        return item
 
 
 class SameSizeBatches(Sampler[list[int]]):
@@ -550,11 +560,14 @@ class SameSizeBatches(Sampler[list[int]]):
 
 def collate(items: list[dict]) -> dict:
     good = [item for item in items if item["image"] is not None]
-    return {
+    batch = {
         "images": torch.stack([item["image"] for item in good]) if good else None,
         "records": [item["record"] for item in good],
         "skipped": [(item["record"], item["error"]) for item in items if item["image"] is None],
     }
+    if good and "input" in good[0]:  # dataset.degrade: what the VAE is given
+        batch["inputs"] = torch.stack([item["input"] for item in good])
+    return batch
 
 
 @dataclass(frozen=True)
@@ -809,7 +822,7 @@ def prepare(cfg: DatasetConfig, batch_size: int, pin_memory: bool, min_side: int
     if reading is not None and reading.stretch != "none" and reading.scope == "dataset" and found.records:
         reading = dataclasses.replace(reading, dataset_limits=dataset_limits(found.records, reading))
         found.reading = reading
-    source = ImageFolderSource(found.records, cfg.resize, reading)
+    source = ImageFolderSource(found.records, cfg.resize, reading, cfg.degrade)
     loader = DataLoader(
         source,
         batch_sampler=SameSizeBatches(found.sizes, batch_size),

@@ -18,9 +18,9 @@ import torch
 from tqdm import tqdm
 
 from vaes4rs import checkpoint, files, results
-from vaes4rs.config import DegradeConfig, RunConfig
+from vaes4rs.config import RunConfig
 from vaes4rs.data import CorruptImageError, ImageRecord
-from vaes4rs.degrade import degrade, describe
+from vaes4rs.degrade import describe
 from vaes4rs.device import resolve_dtype
 from vaes4rs.distributed import SINGLE_PROCESS, Ranks, gather
 from vaes4rs.latents import decode_latents
@@ -70,7 +70,6 @@ class _Job:
     sample_ids: list[str]
     samples: dict[str, tuple[torch.Tensor, ...]]  # image_id -> (original, reconstruction[, input]) uint8
     device: torch.device
-    degradation: DegradeConfig
     reference: str  # metric.reference
     reconstructions: ReconstructionWriter | None
 
@@ -86,8 +85,8 @@ def _score_batch(batch: dict, job: _Job) -> int:
     records = batch["records"]
     ids = [record.image_id for record in records]
     clean = batch["images"]
-    degraded = job.degradation.active
-    given = degrade(clean, ids, job.degradation) if degraded else clean
+    degraded = "inputs" in batch  # dataset.degrade, applied by the data workers
+    given = batch["inputs"] if degraded else clean
     given_device = given.to(job.device, non_blocking=True)
     model_input = to_minus_one_one(given_device)
     height, width = int(clean.shape[-2]), int(clean.shape[-1])
@@ -227,9 +226,8 @@ def evaluate(
         sample_ids,
         samples,
         device,
-        cfg.dataset.degrade,
-        cfg.metric.reference,
-        saved,
+        reference=str(cfg.metric.reference),
+        reconstructions=saved,
     )
     dataset.batches.skip(progress.batches_done)
     numbers = list(dataset.batches.numbers)  # each coming batch's position in the whole set
