@@ -17,6 +17,7 @@ from tests.conftest import REPO_ROOT, RS_SAMPLES, SHARED, needs_shared, write_rg
 from tests.tiny_models import TINY_MODELS
 from vaes4rs.config import ModelConfig
 from vaes4rs.encode import EncodeConfig, export, validate_encode
+from vaes4rs.errors import ConfigError
 from vaes4rs.evaluate import to_minus_one_one
 from vaes4rs.latents import (
     CARD_FILE,
@@ -387,6 +388,22 @@ def test_bad_export_settings_fail_at_start_up(
 ) -> None:
     with pytest.raises(Exception, match=message):
         encode_cfg(compose_conf, tiny_models / "SD21-VAE", tmp_path, override)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        # encode reads images as they are: a degradation would otherwise be silently ignored
+        (["dataset.degrade.noise_sigma=0.1"], r"dataset.degrade \(noise\) is applied by vaes4rs.run only"),
+        (["dataset.source=scene", "dataset.path=x.tif"], "dataset.source=scene is read by vaes4rs.run only"),
+        (["dataset.source=latents"], "dataset.source=latents is read by vaes4rs.run only"),
+    ],
+)
+def test_what_only_run_applies_is_refused_by_encode(
+    compose_conf, tiny_models: Path, tmp_path: Path, overrides, message
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        encode_cfg(compose_conf, tiny_models / "SD21-VAE", tmp_path, *overrides)
 
 
 # --- The command, and the real TAEF2 -----------------------------------------------------------

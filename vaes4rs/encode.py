@@ -41,6 +41,7 @@ from vaes4rs.config import (
     validate,
 )
 from vaes4rs.data import CorruptImageError
+from vaes4rs.degrade import kinds
 from vaes4rs.device import resolve_dtype
 from vaes4rs.errors import ConfigError, InputError
 from vaes4rs.evaluate import to_minus_one_one
@@ -119,7 +120,27 @@ def validate_groups(cfg: DictConfig, schema: type, groups: tuple[str, ...]) -> A
     if problems:
         raise ConfigError("; ".join(problems))
     validate(OmegaConf.masked_copy(task, list(groups)))
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), task))
+    merged = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), task))
+    _check_image_folder(merged.dataset)
+    return merged
+
+
+def _check_image_folder(dataset: DatasetConfig) -> None:
+    """encode and rd read image sets as they are: refuse what only ``vaes4rs.run`` applies or reads.
+
+    Without this a degradation would be ignored (the clean images encoded, silently), and a
+    latent set or a scene would fail later with a less helpful error.
+    """
+    if dataset.source in ("latents", "scene"):
+        raise ConfigError(
+            f"dataset.source={dataset.source} is read by vaes4rs.run only; this command encodes image "
+            "sets: use dataset.source=hub or folder"
+        )
+    if dataset.degrade.active:
+        raise ConfigError(
+            f"dataset.degrade ({'+'.join(kinds(dataset.degrade))}) is applied by vaes4rs.run only; "
+            "this command encodes the clean images: drop the dataset.degrade.* overrides"
+        )
 
 
 def validate_encode(cfg: DictConfig) -> EncodeConfig:
