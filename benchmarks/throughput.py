@@ -249,7 +249,7 @@ def _install_probes(spec: dict[str, Any]) -> None:
             (adapter.VAEAdapter, "encode", "encode (incl. latent noise)"),
             (adapter.VAEAdapter, "decode", "decode"),
             (suite.MetricSuite, "update", "metric suite update"),
-            *((metric, "update", f"metric {metric.name}") for metric in METRICS),
+            *((metric, "observe", f"metric {metric.name}") for metric in METRICS),
             (results.PerImageWriter, "write", "per_image.csv rows"),
         ):
             timed(owner, attr, key, synced)

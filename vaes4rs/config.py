@@ -284,6 +284,9 @@ class RunSettings:
     compile: bool = False
     # Write every reconstruction as a lossless PNG in the source's class layout (+ a card).
     save_reconstructions: bool = False
+    # Host memory for the reference images' Inception features, kept for the sweep's next jobs on
+    # the same dataset (FID's originals then pass Inception once per sweep, not once per model); 0: off.
+    feature_cache_mb: int = 1024
 
 
 @dataclass
@@ -411,6 +414,8 @@ def validate(cfg: DictConfig) -> RunConfig:
     _check_positive("run.batch_size", run_cfg.run.batch_size, allow_none=False)
     if run_cfg.run.checkpoint_every < 0:
         raise ConfigError(f"run.checkpoint_every must be >= 0, got {run_cfg.run.checkpoint_every}")
+    if run_cfg.run.feature_cache_mb < 0:
+        raise ConfigError(f"run.feature_cache_mb must be >= 0 (0: off), got {run_cfg.run.feature_cache_mb}")
     if run_cfg.run.n_samples < 0:
         raise ConfigError(f"run.n_samples must be >= 0, got {run_cfg.run.n_samples}")
     return run_cfg

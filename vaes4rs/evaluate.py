@@ -24,6 +24,7 @@ from vaes4rs.degrade import describe
 from vaes4rs.device import resolve_dtype
 from vaes4rs.distributed import SINGLE_PROCESS, Ranks, gather
 from vaes4rs.latents import decode_latents
+from vaes4rs.metrics.reference_cache import REFERENCE_FEATURES, ReferenceBatch
 from vaes4rs.metrics.suite import MetricSuite
 from vaes4rs.models.adapter import NOISE_RULE, VAEAdapter
 from vaes4rs.models.compile import compile_vae
@@ -72,6 +73,9 @@ class _Job:
     device: torch.device
     reference: str  # metric.reference
     reconstructions: ReconstructionWriter | None
+    # The resolved dataset config, part of the key of reference features kept across jobs; None
+    # when nothing is kept (run.feature_cache_mb=0 or no FID/KID), so no file is stat'ed per batch.
+    dataset_key: str | None
 
 
 def _score_batch(batch: dict, job: _Job) -> int:
@@ -98,9 +102,14 @@ def _score_batch(batch: dict, job: _Job) -> int:
     against_clean = degraded and job.reference == "clean"
     reference = to_minus_one_one(clean.to(job.device, non_blocking=True)) if against_clean else model_input
     labels = [record.label for record in records]
-    columns = job.suite.update(recon, reference, labels=labels)
+    source = None
+    if job.dataset_key is not None:
+        images = [(record.image_id, record.path) for record in records]
+        which = "input" if degraded and not against_clean else "clean"
+        source = ReferenceBatch.of(job.dataset_key, images, which, clean.shape)
+    columns = job.suite.update(recon, reference, labels=labels, source=source)
     if job.baseline is not None:
-        for key, values in job.baseline.update(model_input, reference, labels=labels).items():
+        for key, values in job.baseline.update(model_input, reference, labels=labels, source=source).items():
             columns[results.BASELINE_PREFIX + key] = values
     rows = []
     wanted = job.reconstructions is not None or any(image_id in job.sample_ids for image_id in ids)
@@ -185,9 +194,12 @@ def evaluate(
     if cfg.run.compile:
         compile_vae(module, channels_last=True)
     adapter = adapter_for(module, cfg.model, cfg.metric)
-    suite = MetricSuite(cfg.metric, device, dtype)
+    cache_mib = cfg.run.feature_cache_mb
+    suite = MetricSuite(cfg.metric, device, dtype, feature_cache_mib=cache_mib)
     scores_baseline = cfg.dataset.degrade.active and cfg.metric.reference == "clean"
-    baseline = MetricSuite(cfg.metric, device, dtype, networks=suite.networks) if scores_baseline else None
+    baseline = None
+    if scores_baseline:  # the degraded input scored as is: its own suite, the same networks
+        baseline = MetricSuite(cfg.metric, device, dtype, suite.networks, feature_cache_mib=cache_mib)
     by_band = cfg.dataset.band_mode == "each"
     columns = [*results.ID_COLUMNS, *(["band"] if by_band else []), *suite.columns]
     if baseline is not None:
@@ -228,6 +240,7 @@ def evaluate(
         device,
         reference=str(cfg.metric.reference),
         reconstructions=saved,
+        dataset_key=repr(cfg.dataset) if cache_mib > 0 and (cfg.metric.fid or cfg.metric.kid) else None,
     )
     dataset.batches.skip(progress.batches_done)
     numbers = list(dataset.batches.numbers)  # each coming batch's position in the whole set
@@ -235,6 +248,7 @@ def evaluate(
     schedule = checkpoint.Schedule(cfg.run.checkpoint_every) if ranks.world == 1 else None
     n_images = len(progress.rows)
     start = time.perf_counter() - progress.seconds
+    hits_before = REFERENCE_FEATURES.hits
     bar = tqdm(
         total=len(dataset.records),
         initial=n_images,
@@ -292,6 +306,12 @@ def evaluate(
             baseline.merge_state_dicts([part["baseline"] for part in parts], scored_by_rank)
         n_images = len(writer.rows)
     seconds = time.perf_counter() - start
+    if REFERENCE_FEATURES.hits > hits_before:
+        log.info(
+            "FID: reference images' Inception features of %d batch(es) reused, not recomputed "
+            "(kept by an earlier job of this process or by this job's other suite; run.feature_cache_mb)",
+            REFERENCE_FEATURES.hits - hits_before,
+        )
     if n_images == 0:
         raise CorruptImageError(f"dataset '{cfg.dataset.name}': every image was skipped")
     writer.rewrite_in_dataset_order()

@@ -33,6 +33,7 @@ NON_RESULT_KEYS = (
     "run.checkpoint_every",
     "run.skip_finished",
     "run.resume",
+    "run.feature_cache_mb",
     "logger",
     "dataset.num_workers",
 )

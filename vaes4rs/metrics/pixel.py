@@ -55,6 +55,9 @@ def mse_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def psnr_from_mse(mse: np.ndarray | torch.Tensor | float, data_range: float):
+    """10 log10(range^2 / MSE) in float64; a tensor stays on its device (no copy to the host)."""
+    if isinstance(mse, torch.Tensor):
+        return 10.0 * torch.log10(data_range**2 / mse.double())
     return 10.0 * np.log10(data_range**2 / np.asarray(mse, dtype=np.float64))
 
 

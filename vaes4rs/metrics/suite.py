@@ -42,6 +42,7 @@ import torch
 from vaes4rs.config import MetricConfig
 from vaes4rs.metrics import cmmd, fid, perceptual, pixel, probe, stats, weights
 from vaes4rs.metrics.features import FrozenFeatures, KeptFeatures
+from vaes4rs.metrics.reference_cache import REFERENCE_FEATURES, ReferenceBatch, Reuse
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +83,17 @@ class Metric:
         raise NotImplementedError
 
     def observe(
-        self, pred: torch.Tensor, target: torch.Tensor, labels: Sequence[str] | None
+        self,
+        pred: torch.Tensor,
+        target: torch.Tensor,
+        labels: Sequence[str] | None,
+        reuse: Reuse | None = None,
     ) -> dict[str, torch.Tensor]:
-        """What the suite calls per batch: ``update``, for the metrics that need no class labels."""
+        """What the suite calls per batch: ``update``, for the metrics that need no class labels.
+
+        ``reuse``: how to find this batch's reference features from an earlier job of the
+        process (only FID's Inception keeps them).
+        """
         return self.update(pred, target)
 
     def finalize(self, table: dict[str, np.ndarray]) -> dict[str, float]:
@@ -140,7 +149,7 @@ class PSNR(PerImageMetric):
         pred = pixel.to_value_range(pred, self.cfg.value_range)
         target = pixel.to_value_range(target, self.cfg.value_range)
         mse = pixel.mse_per_image(pred, target)
-        return {"mse": mse, "psnr": torch.as_tensor(pixel.psnr_from_mse(mse.cpu(), data_range))}
+        return {"mse": mse, "psnr": pixel.psnr_from_mse(mse, data_range)}
 
     def finalize(self, table):
         n_values = 3 * table["height"].astype(np.float64) * table["width"]
@@ -227,13 +236,40 @@ class InceptionDistances(Metric):
         self.kept: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if cfg.kid else None
 
     def update(self, pred, target):
-        real = self.net(pixel.to_uint8(target, self.cfg.fid_quantize))
+        return self.observe(pred, target, None)
+
+    def input_settings(self) -> tuple:
+        """What turns the reference images into features: their part of reused features' key.
+
+        Read when a batch is looked up, not at start-up: a network given in place of the file
+        (tests) needs no file until features are kept.
+        """
+        network = weights.weight_path("inception", self.cfg.weights)
+        stat = network.stat()
+        return (
+            self.cfg.fid_quantize,
+            self.cfg.fid_resize,
+            str(self.device),
+            str(network),
+            stat.st_size,
+            stat.st_mtime_ns,
+        )
+
+    def observe(self, pred, target, labels, reuse=None):
+        real = None
+        if reuse is not None:
+            key = (reuse.key, *self.input_settings())
+            real = REFERENCE_FEATURES.get(key, self.device)
+        if real is None:
+            real = self.net(pixel.to_uint8(target, self.cfg.fid_quantize))
+            if reuse is not None:
+                REFERENCE_FEATURES.put(key, real, reuse.budget_mib)
         fake = self.net(pixel.to_uint8(pred, self.cfg.fid_quantize))
         self.real.update(real)
         self.fake.update(fake)
         if self.kept is not None:
             if self.real.count < fid.KID_MAX_IMAGES:
-                self.kept.append((real.cpu(), fake.cpu()))
+                self.kept.append((real, fake))  # on the device until a checkpoint or finalize reads them
             else:
                 self.kept = None
                 self.not_computed["kid"] = (
@@ -246,7 +282,8 @@ class InceptionDistances(Metric):
             name: (s.count, s.total.cpu(), s.outer.cpu())
             for name, s in (("real", self.real), ("fake", self.fake))
         }
-        return {**super().state(), **stats, "kept": self.kept}
+        kept = None if self.kept is None else [(real.cpu(), fake.cpu()) for real, fake in self.kept]
+        return {**super().state(), **stats, "kept": kept}
 
     def load_state(self, state):
         super().load_state(state)
@@ -284,7 +321,7 @@ class InceptionDistances(Metric):
             out["fid"] = fid.frechet_distance(*self.real.mean_cov(), *self.fake.mean_cov())
             out["fid_n"] = self.real.count
         if self.kept is not None:
-            real, fake = (torch.cat(parts) for parts in zip(*self.kept))
+            real, fake = (torch.cat([part.cpu() for part in parts]) for parts in zip(*self.kept))
             out["kid"], out["kid_std"] = fid.kid(real, fake, self.cfg.kid_subsets, self.cfg.kid_subset_size)
         return out
 
@@ -305,7 +342,7 @@ class KeptEmbeddings(Metric):
     def load(self) -> FrozenFeatures:
         raise NotImplementedError
 
-    def observe(self, pred, target, labels):
+    def observe(self, pred, target, labels, reuse=None):
         self.kept.add(labels, self.net(target), self.net(pred))
         return {}
 
@@ -378,7 +415,7 @@ class Probe(KeptEmbeddings):
     def load(self):
         return probe.load_probe(str(self.cfg.probe), self.cfg.weights, self.device, **self.probe_overrides)
 
-    def observe(self, pred, target, labels):
+    def observe(self, pred, target, labels, reuse=None):
         if labels is None:
             raise ValueError("metric.probe needs each image's class: MetricSuite.update(..., labels=...)")
         return super().observe(pred, target, labels)
@@ -428,10 +465,16 @@ class MetricSuite:
         device: torch.device,
         model_dtype: torch.dtype,
         networks: Networks | None = None,
+        feature_cache_mib: int = 0,
     ) -> None:
-        """``networks``: another suite's ``networks`` to reuse its loaded metric networks."""
+        """``networks``: another suite's ``networks`` to reuse its loaded metric networks.
+
+        ``feature_cache_mib``: memory for reference features kept across the process's jobs
+        (``run.feature_cache_mb``; used when ``update`` is told the batch's ``source``).
+        """
         self.cfg = cfg
         self.model_dtype = model_dtype
+        self.feature_cache_mib = feature_cache_mib
         self.networks: Networks = {} if networks is None else networks
         self.metrics: list[Metric] = []
         self.skipped: dict[str, str] = {}  # metric key -> why its network could not be loaded
@@ -468,19 +511,32 @@ class MetricSuite:
         return pred, target
 
     def update(
-        self, recon: torch.Tensor, original: torch.Tensor, *, labels: Sequence[str] | None = None
+        self,
+        recon: torch.Tensor,
+        original: torch.Tensor,
+        *,
+        labels: Sequence[str] | None = None,
+        source: ReferenceBatch | None = None,
     ) -> dict[str, np.ndarray]:
         """Per-image columns of a batch (``no_grad`` as a block: mutation testing skips decorators).
 
         ``labels``: each image's class, which the probe needs and CMMD uses for per-class values.
+        ``source``: where ``original`` came from, so later jobs can reuse its features.
         """
+        reuse = None
+        if source is not None and self.feature_cache_mib > 0:
+            casts = (str(self.cfg.gt_dtype), str(self.model_dtype) if self.cfg.gt_dtype == "model" else None)
+            reuse = Reuse((source, *casts), self.feature_cache_mib)
         with torch.no_grad():
             pred, target = self.prepare(recon, original)
-            columns: dict[str, np.ndarray] = {}
+            observed: dict[str, torch.Tensor] = {}
             for metric in self.metrics:
-                for key, values in metric.observe(pred, target, labels).items():
-                    columns[key] = values.detach().double().cpu().numpy()
-        return columns
+                observed.update(metric.observe(pred, target, labels, reuse))
+            if not observed:
+                return {}
+            # One device-to-host copy per batch: every copy waits for the GPU to drain its queue.
+            host = torch.stack([values.detach().double().reshape(len(pred)) for values in observed.values()])
+        return dict(zip(observed, host.cpu().numpy()))
 
     def finalize(self, table: dict[str, np.ndarray]) -> dict[str, float]:
         values: dict[str, float] = {}

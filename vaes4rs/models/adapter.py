@@ -104,9 +104,11 @@ class VAEAdapter:
             z = self.encode(padded, image_ids=image_ids)
             self.latent_shapes[(height, width)] = self.family.latent_shape(z)
             out = self.decode(z)[..., :height, :width]
-            if not torch.isfinite(out).all() and self.upcast_on_overflow:
+            finite = bool(torch.isfinite(out).all())  # waits for the GPU: once per batch
+            if not finite and self.upcast_on_overflow:
                 out = self._reconstruct_float32(padded, image_ids)[..., :height, :width]
-        if not torch.isfinite(out).all():
+                finite = bool(torch.isfinite(out).all())
+        if not finite:
             raise NonFiniteOutputError(
                 f"model '{self.name}' in {out.dtype} produced non-finite values for image(s) "
                 f"{list(image_ids)[:8]}; run with model.dtype=float32 or model.upcast_on_overflow=true"

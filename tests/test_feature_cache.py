@@ -1,0 +1,141 @@
+"""FID's reference features kept across the jobs of one process (``run.feature_cache_mb``).
+
+The claim is that reuse changes nothing but time: a job whose originals' features come from an
+earlier job writes the same per-image rows and metrics, to the last bit, as the same job with the
+cache off; and anything that changes Inception's input (a rewritten file, the degraded input as
+reference, another ground-truth cast) is a miss. Inception counts the images it sees through a
+forward hook, so a hit is observed, not inferred.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import read_per_image, write_rgb
+from tests.metric_weights import plant_random_metric_weights
+from vaes4rs import files, preflight
+from vaes4rs.config import MetricConfig, validate
+from vaes4rs.evaluate import evaluate
+from vaes4rs.metrics.reference_cache import REFERENCE_FEATURES, ReferenceBatch
+from vaes4rs.metrics.suite import InceptionDistances, MetricSuite
+
+FEATURE_BYTES = 2048 * 4  # one image's float32 pool features
+
+
+@pytest.fixture(scope="module")
+def planted_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    home = tmp_path_factory.mktemp("torch_home")
+    plant_random_metric_weights(home / "hub" / "checkpoints")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TORCH_HOME", str(home))
+        yield home
+
+
+@pytest.fixture(autouse=True)
+def empty_cache() -> Iterator[None]:
+    REFERENCE_FEATURES.clear()
+    yield
+    REFERENCE_FEATURES.clear()
+
+
+def run_job(compose_conf: Callable, model_dir: Path, root: Path, out_dir: Path, *overrides: str) -> dict:
+    cfg = validate(
+        compose_conf(
+            [
+                "model=local",
+                f"model.path={model_dir}",
+                "dataset=folder",
+                f"dataset.root={root}",
+                "dataset.num_workers=0",
+                "metric=paper",
+                "metric.lpips=false",
+                "metric.kid=true",
+                "run.device=cpu",
+                "run.batch_size=1",
+                "run.progress=false",
+                "run.n_samples=0",
+                "logger=none",
+                *overrides,
+            ]
+        )
+    )
+    out_dir.mkdir(parents=True)
+    payload = evaluate(cfg, out_dir, preflight.check(cfg))
+    assert payload is not None
+    return payload
+
+
+def test_a_job_that_reuses_the_originals_features_scores_the_same(
+    compose_conf, planted_home: Path, tiny_models: Path, tmp_path: Path
+) -> None:
+    """Two jobs of one process on the same images: the first computes and keeps, the second reuses.
+
+    The same model twice, so every number must match: the first job's features were computed,
+    the second's came from the cache (a sweep's second model differs only in its reconstructions).
+    """
+    image_folder = tmp_path / "images"  # 2 images, a batch each: Inception at 299 px is the cost
+    for i in range(2):
+        write_rgb(image_folder / f"class{i}" / f"{i}.png", 32, 32, seed=i)
+    model = tiny_models / "FLUX2-VAE"
+    computed = run_job(compose_conf, model, image_folder, tmp_path / "computed")
+    assert REFERENCE_FEATURES.bytes == 2 * FEATURE_BYTES
+    assert (len(REFERENCE_FEATURES.entries), REFERENCE_FEATURES.hits) == (2, 0)
+
+    reused = run_job(compose_conf, model, image_folder, tmp_path / "reused")
+    assert REFERENCE_FEATURES.hits == 2  # both batches found
+    assert REFERENCE_FEATURES.bytes == 2 * FEATURE_BYTES  # and nothing stored twice
+    assert {"fid", "kid"} <= set(computed["metrics"])
+    assert reused["metrics"] == computed["metrics"]  # FID, KID, PSNR, SSIM: equal to the last bit
+    rows = [read_per_image(tmp_path / name / files.PER_IMAGE_FILE) for name in ("computed", "reused")]
+    assert rows[0].keys() == rows[1].keys()
+    for key in rows[0]:
+        assert np.array_equal(rows[0][key], rows[1][key]), key
+
+
+def test_anything_that_changes_inceptions_input_is_a_miss(planted_home: Path, tmp_path: Path) -> None:
+    cfg = MetricConfig(psnr=False, ssim=False, lpips=False, fid=True, kid=False)
+    paths = [tmp_path / f"{i}.png" for i in range(2)]  # two files, so their order can change
+    for path in paths:
+        path.write_bytes(b"stand-in: only the file's identity is read")
+    ids = [(f"c/{path.name}", path) for path in paths]
+    generator = torch.Generator().manual_seed(0)
+    original = torch.rand(2, 3, 32, 32, generator=generator) * 2 - 1
+    recon = (original + 0.1 * torch.randn(2, 3, 32, 32, generator=generator)).clamp(-1, 1)
+
+    # What is looked up, not Inception's values, is under test: a cheap stand-in with Inception's
+    # output shape takes its place in the suites' shared networks (the first test runs the real one).
+    stand_in = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 2048))
+    seen: list[int] = []  # images it sees, call by call
+    stand_in.register_forward_hook(lambda _module, args, _out: seen.append(len(args[0])))
+    networks = {InceptionDistances.__name__: lambda images: stand_in(images.float())}
+
+    def originals_seen(source: ReferenceBatch, model_dtype=torch.float32, budget_mib: int = 64) -> int:
+        """Images Inception sees of the originals (0 on a hit) in a new job's first batch."""
+        suite = MetricSuite(cfg, torch.device("cpu"), model_dtype, networks, feature_cache_mib=budget_mib)
+        seen.clear()
+        suite.update(recon, original, source=source)
+        return sum(seen) - len(recon)
+
+    clean = ReferenceBatch.of("dataset config", ids, "clean", original.shape)
+    assert originals_seen(clean) == 2  # first job: computed and stored
+    assert originals_seen(ReferenceBatch.of("dataset config", ids, "clean", original.shape)) == 0
+    assert originals_seen(ReferenceBatch.of("dataset config", ids, "input", original.shape)) == 2
+    assert originals_seen(ReferenceBatch.of("another config", ids, "clean", original.shape)) == 2
+    assert originals_seen(ReferenceBatch.of("dataset config", ids[::-1], "clean", original.shape)) == 2
+    # gt_dtype=model casts the originals to the model's dtype: another dtype is another input
+    assert originals_seen(clean, model_dtype=torch.bfloat16) == 2
+    stat = paths[0].stat()
+    os.utime(paths[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # the file rewritten
+    assert originals_seen(ReferenceBatch.of("dataset config", ids, "clean", original.shape)) == 2
+
+    REFERENCE_FEATURES.clear()
+    assert originals_seen(clean, budget_mib=0) == 2
+    assert REFERENCE_FEATURES.bytes == 0
+    assert originals_seen(clean) == 2  # a zero budget stored nothing
+    assert REFERENCE_FEATURES.bytes == 2 * FEATURE_BYTES
