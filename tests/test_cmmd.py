@@ -121,6 +121,42 @@ def test_mmd2_is_the_papers_unbiased_estimator_and_the_reference_codes_biased_on
         cmmd.mmd2(x[:1], y)
 
 
+def test_mmd2_from_two_embeddings_per_set_the_least_the_unbiased_estimator_takes():
+    generator = torch.Generator().manual_seed(2)
+    x = nn.functional.normalize(torch.randn(2, 4, generator=generator), dim=1)
+    y = nn.functional.normalize(torch.randn(3, 4, generator=generator), dim=1)
+    # float64 sums of a handful of exponentials: agreement to ~1e-15 relative
+    assert cmmd.mmd2(x, y) == pytest.approx(reference_mmd(x, y), rel=1e-10)
+    assert cmmd.mmd2(y, x) == pytest.approx(reference_mmd(y, x), rel=1e-10)
+    message = r"^the unbiased MMD needs at least 2 embeddings per set, got 3 and 1$"
+    with pytest.raises(ValueError, match=message):
+        cmmd.mmd2(y, x[:1])
+
+
+def test_load_clip_errors_name_the_setting_the_metric_and_its_switch(tmp_path: Path):
+    typo = "vit_large_patch14_clip_quickgelu_33"
+    with pytest.raises(ConfigError, match=rf"^cmmd\.CLIP_MODEL={typo}: not a timm model"):
+        cmmd.load_clip({}, CPU, model_name=typo)
+    for _ in offline_cache(tmp_path):  # an empty cache, offline
+        with pytest.raises(weights.MissingWeightsError) as err:
+            cmmd.load_clip({}, CPU, model_name=SMALL_CLIP, depth=1)
+    message = str(err.value)
+    assert message.startswith(f"CMMD's CLIP ViT-L/14-336 needs {SMALL_CLIP}'s pretrained weights")
+    assert message.endswith(
+        "set metric.weights.clip=<file> (a timm state dict, .safetensors or .pth); "
+        "or switch it off with metric.cmmd=false"
+    )
+
+
+def test_load_clip_puts_the_network_on_the_device_asked(small_clip):
+    """The meta device stands in for an accelerator: parameters must land where the caller said."""
+    embed = cmmd.load_clip({}, torch.device("meta"), model_name=SMALL_CLIP, depth=1)
+    assert {p.device.type for p in embed.model.parameters()} == {"meta"}
+    assert embed.unit
+    on_meta = MetricSuite(MetricConfig(**ONLY_CMMD), torch.device("meta"), torch.float32)
+    assert {p.device.type for p in on_meta.metrics[0].net.model.parameters()} == {"meta"}
+
+
 def test_the_study_clip_is_openai_vit_l14_336_with_quickgelu(tmp_path: Path):
     """CLIP_MODEL, built one block deep from planted weights: CLIP's 336-px preprocessing, QuickGELU
     (as OpenAI's network and the reference's transformers model have it), 768-d unit embeddings."""
@@ -159,7 +195,27 @@ def test_suite_cmmd_is_the_formula_on_clip_embeddings_overall_and_per_class(smal
         got = metric_suite.summarise({"class": labels[rows]})
         assert got["cmmd"] == pytest.approx(reference_mmd(real[rows], fake[rows])[0], rel=1e-4, abs=1e-6)
     assert metric_suite.summarise({"class": labels[labels == "port"]}) == {}  # one image: no MMD
+    assert metric_suite.summarise({"class": labels[labels != "port"]}) == {}  # two classes: not one's
     assert "cmmd" in metric_suite.protocol()["definitions"]
+
+
+def test_suite_cmmd_needs_two_images_overall_and_per_class(small_clip):
+    """One image: no CMMD, with the reason; two images (one class): the formula, overall and for
+    the class, the fewest the unbiased estimator takes."""
+    recon, original, labels = image_batches(seed=4)[0]
+    assert labels == ["beach", "beach"]
+    one = run_suite([(recon[:1], original[:1], labels[:1])])
+    assert one.finalize({"class": np.array(labels[:1])}) == {}
+    assert one.not_computed() == {"cmmd": "needs at least 2 images, got 1"}
+    two = run_suite([(recon, original, labels)])
+    values = two.finalize({"class": np.array(labels)})
+    real, fake = (clip_by_hand(small_clip, images, 248, 224) for images in (original, recon))
+    unbiased, biased = reference_mmd(real, fake)
+    # float32 embeddings through the same one-block network: ~1e-6 relative on the MMD
+    assert values["cmmd"] == pytest.approx(unbiased, rel=1e-4, abs=1e-6) and values["cmmd_n"] == 2
+    assert values["cmmd_biased"] == pytest.approx(biased, rel=1e-4, abs=1e-6)
+    assert two.summarise({"class": np.array(labels)}) == {"cmmd": values["cmmd"]}
+    assert "cmmd" not in two.not_computed()
 
 
 def test_cmmd_state_survives_a_checkpoint_and_merges_across_processes(small_clip, tmp_path: Path):

@@ -146,6 +146,94 @@ def test_scores_count_what_was_planted(classifier):
     assert {c: v["probe_n_test"] for c, v in per_class.items()} == held
 
 
+@pytest.mark.parametrize("classifier", ["linear", "knn"])
+def test_scores_with_two_classes_the_fewest_a_probe_takes(classifier):
+    """Two clusters; two held-out reconstructions of "sea" moved into the "sand" cluster."""
+    generator = torch.Generator().manual_seed(6)
+    labels = ["sand"] * 4 + ["sea"] * 6
+    centres = 10 * torch.eye(2, 4)
+    real = centres[[int(c == "sea") for c in labels]] + 0.1 * torch.randn(len(labels), 4, generator=generator)
+    train = probe.split(labels, 0.5, seed=3)  # 2 of sand and 3 of sea train
+    held_sea = [i for i in np.flatnonzero(~train) if labels[i] == "sea"]
+    fake = real.clone()
+    fake[held_sea[:2]] += centres[0] - centres[1]
+    overall, per_class = probe.scores(real, fake, labels, classifier, 0.5, seed=3)
+    assert overall["probe_n_test"] == 5 and overall["probe_n_train"] == 5
+    assert overall["probe_acc"] == 1.0 and overall["probe_acc_fit_recon"] == 1.0
+    assert overall["probe_acc_recon"] == pytest.approx(3 / 5)
+    assert (
+        per_class["sea"]["probe_acc_recon"] == pytest.approx(1 / 3)
+        and per_class["sand"]["probe_acc_recon"] == 1.0
+    )
+
+
+def test_a_class_with_nothing_held_out_has_no_per_class_row():
+    """A class of one image only trains: it has no held-out image to score, so no per-class row."""
+    generator = torch.Generator().manual_seed(8)
+    labels = ["a"] * 4 + ["b"] * 4 + ["c"]
+    real = torch.randn(len(labels), 5, generator=generator)
+    overall, per_class = probe.scores(real, real, labels, "knn", 0.5, seed=0)
+    assert set(per_class) == {"a", "b"} and overall["probe_n_test"] == 4 and overall["probe_n_train"] == 5
+
+
+def test_scores_refuse_one_class_or_nothing_to_hold_out_with_the_reason():
+    features = torch.randn(3, 4)
+    with pytest.raises(probe.ProbeUnavailable, match=r"^a probe needs at least 2 classes, got 1$"):
+        probe.scores(features, features, ["a", "a", "a"], "linear", 0.5, 0)
+    with pytest.raises(
+        probe.ProbeUnavailable, match=r"^a probe needs a held-out image: every class has a single image$"
+    ):
+        probe.scores(features, features, ["a", "b", "c"], "linear", 0.5, 0)
+    with pytest.raises(ValueError, match=r"^metric.probe_classifier=svm: valid: linear, knn$"):
+        probe.scores(features, features, ["a", "a", "b"], "svm", 0.5, 0)
+
+
+def test_linear_probe_layer_is_frozen_float64_with_a_score_for_every_class():
+    features = torch.randn(8, 3)
+    layer = probe.fit_linear(features, torch.arange(8) % 2, 3)  # no training image of class 2
+    assert layer.weight.dtype == torch.float64 and not layer.weight.requires_grad
+    assert not layer.bias.requires_grad
+    # class 2's one-hot column is all zeros: its least-squares score is exactly 0
+    assert layer.weight.shape == (3, 3) and torch.equal(
+        layer(features.double())[:, 2], torch.zeros(8, dtype=torch.float64)
+    )
+
+
+def test_linear_and_knn_probes_work_on_the_features_device():
+    """The meta device stands in for an accelerator: every tensor of the fit must live there."""
+    features = torch.randn(8, 3, device="meta")
+    targets = torch.zeros(8, dtype=torch.long, device="meta")
+    layer = probe.fit_linear(features, targets, 2)
+    assert layer.weight.device.type == "meta" and layer.bias.device.type == "meta"
+    assert probe.knn_predict(features, targets, torch.randn(4, 3, device="meta"), 2).device.type == "meta"
+
+
+def test_missing_probe_weights_message_names_the_setting_and_the_switch(tmp_path: Path):
+    for _ in offline_cache(tmp_path):  # an empty cache, offline
+        with pytest.raises(weights.MissingWeightsError) as err:
+            probe.load_probe(BACKBONE, {}, CPU)
+    message = str(err.value)
+    assert message.startswith(f"the probe (metric.probe={BACKBONE}) needs {BACKBONE}'s pretrained weights")
+    assert message.endswith(
+        "set metric.weights.probe=<file> (a timm state dict, .safetensors or .pth); "
+        "or switch it off with metric.probe=null"
+    )
+    with pytest.raises(ConfigError, match=r"^metric\.probe=resnet5: not a timm model"):
+        probe.load_probe("resnet5", {}, CPU)
+
+
+def test_load_probe_passes_timm_arguments_and_puts_the_network_on_the_device_asked(planted):
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    pooled_max = probe.load_probe(BACKBONE, {}, CPU, global_pool="max")
+    assert pooled_max.model.num_classes == 0 and not pooled_max.unit
+    with torch.no_grad():
+        expected = planted.forward_features(preprocess_by_hand(images)).amax(dim=(2, 3))
+    # the same float32 convolutions on the same pixels: float32 rounding only
+    torch.testing.assert_close(pooled_max(images), expected, rtol=1e-4, atol=1e-5)
+    on_meta = probe.load_probe(BACKBONE, {}, torch.device("meta"))
+    assert {p.device.type for p in on_meta.model.parameters()} == {"meta"}
+
+
 def preprocess_by_hand(images: torch.Tensor) -> torch.Tensor:
     """test_resnet.r160_in1k's eval transform: shorter side to floor(160 / 0.95) = 168 (bilinear,
     antialiased), centre crop 160, mean 0.5 and std 0.5."""
@@ -196,6 +284,52 @@ def test_suite_probe_is_the_probe_of_timm_features(planted, classifier):
         assert metric_suite.summarise({"class": np.array([label] * 4)}) == pytest.approx(expected)
     definition = metric_suite.protocol()["definitions"]["probe"]
     assert BACKBONE in definition and classifier in definition
+
+
+@pytest.mark.parametrize(
+    ("classifier", "text"),
+    [
+        ("knn", "k=20 cosine neighbours, votes exp(sim/0.07)"),
+        ("linear", "ridge regression onto one-hot classes, standardised features, penalty 0.01"),
+    ],
+)
+def test_the_recorded_probe_definition_says_how_the_numbers_were_made(planted, classifier, text):
+    cfg = probe_config(probe_classifier=classifier, probe_train_fraction=0.7, probe_seed=3)
+    definition = MetricSuite(cfg, CPU, torch.float32).protocol()["definitions"]["probe"]
+    assert definition == (
+        f"timm {BACKBONE} pooled features (num_classes=0) after its eval preprocessing; "
+        f"{classifier} classifier ({text}) fit on a seeded split (0.7 of each class, seed 3) of the "
+        "originals (probe_acc, probe_acc_recon) or of the reconstructions (probe_acc_fit_recon), "
+        "scored on the held-out images; accuracies are fractions, drops are probe_acc minus the other"
+    )
+
+
+def test_the_suite_probe_passes_its_timm_arguments(planted, monkeypatch):
+    """Probe.probe_overrides (the tests' hook for stand-in networks) reach timm.create_model."""
+    from vaes4rs.metrics import suite
+
+    monkeypatch.setattr(suite.Probe, "probe_overrides", {"global_pool": "max"})
+    recon, original, labels = image_batches()[0]
+    metric_suite = run_suite([(recon, original, labels)])
+    with torch.no_grad():
+        expected = planted.forward_features(preprocess_by_hand(original)).amax(dim=(2, 3))
+    # the same float32 convolutions on the same pixels: float32 rounding only
+    torch.testing.assert_close(metric_suite.metrics[0].kept.real(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_probe_that_scored_nothing_says_so_and_loads_on_the_device_asked(planted):
+    empty = MetricSuite(probe_config(), CPU, torch.float32)
+    assert empty.summarise({"class": np.array(["beach"])}) == {}  # nothing per class before finalize
+    recon, original, _ = image_batches()[0]
+    with pytest.raises(
+        ValueError,
+        match=r"^metric\.probe needs each image's class: MetricSuite\.update\(\.\.\., labels=\.\.\.\)$",
+    ):
+        empty.update(recon, original)
+    assert empty.finalize({"class": np.array([])}) == {}
+    assert empty.not_computed() == {"probe": "no image was scored"}
+    on_meta = MetricSuite(probe_config(), torch.device("meta"), torch.float32)  # stands in for an accelerator
+    assert {p.device.type for p in on_meta.metrics[0].net.model.parameters()} == {"meta"}
 
 
 def test_probe_state_survives_a_checkpoint_and_merges_across_processes(planted, tmp_path: Path):
