@@ -22,7 +22,7 @@ from tests.metric_weights import plant_random_metric_weights
 from vaes4rs import files, preflight
 from vaes4rs.config import MetricConfig, validate
 from vaes4rs.evaluate import evaluate
-from vaes4rs.metrics.reference_cache import REFERENCE_FEATURES, ReferenceBatch
+from vaes4rs.metrics.reference_cache import REFERENCE_FEATURES, FeatureCache, ReferenceBatch
 from vaes4rs.metrics.suite import InceptionDistances, MetricSuite
 
 FEATURE_BYTES = 2048 * 4  # one image's float32 pool features
@@ -134,8 +134,38 @@ def test_anything_that_changes_inceptions_input_is_a_miss(planted_home: Path, tm
     os.utime(paths[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # the file rewritten
     assert originals_seen(ReferenceBatch.of("dataset config", ids, "clean", original.shape)) == 2
 
+    # the same ids and file stats at another path (a copy with the same modification time)
+    (tmp_path / "copy").mkdir()
+    copies = [tmp_path / "copy" / path.name for path in paths]
+    for path, copy in zip(paths, copies):
+        copy.write_bytes(path.read_bytes())
+        os.utime(copy, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns))
+    moved = [(image_id, copy) for (image_id, _), copy in zip(ids, copies)]
+    assert originals_seen(ReferenceBatch.of("dataset config", moved, "clean", original.shape)) == 2
+    # the same files at another shape (which only another config could give, but the key says so)
+    assert originals_seen(ReferenceBatch.of("dataset config", ids, "clean", (2, 3, 32, 33))) == 2
+
     REFERENCE_FEATURES.clear()
     assert originals_seen(clean, budget_mib=0) == 2
     assert REFERENCE_FEATURES.bytes == 0
     assert originals_seen(clean) == 2  # a zero budget stored nothing
     assert REFERENCE_FEATURES.bytes == 2 * FEATURE_BYTES
+
+
+def test_a_new_cache_starts_empty_counts_hits_and_keeps_its_budget() -> None:
+    cache = FeatureCache()
+    assert (cache.bytes, cache.hits, cache.entries) == (0, 0, {})
+    features = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    cache.put("a", features, budget_mib=1)
+    assert cache.bytes == 24
+    assert cache.get("b", torch.device("cpu")) is None
+    assert torch.equal(cache.get("a", torch.device("cpu")), features)
+    assert torch.equal(cache.get("a", torch.device("cpu")), features)
+    assert cache.hits == 2
+    cache.put("a", features * 2, budget_mib=1)  # a key already kept keeps its first features
+    assert torch.equal(cache.get("a", torch.device("cpu")), features) and cache.bytes == 24
+    full = torch.zeros(2**20 // 4 - 5)  # with the 24 bytes kept, 4 bytes over 1 MiB
+    cache.put("full", full, budget_mib=1)
+    assert "full" not in cache.entries and cache.bytes == 24
+    cache.put("fits", full[:-1], budget_mib=1)  # exactly 1 MiB in all
+    assert cache.bytes == 2**20
