@@ -268,11 +268,36 @@ def test_load_timm_errors_name_the_file_and_the_way_out(tiny_state, tmp_path: Pa
     torch.save({**tiny_state, "code": SimpleNamespace(x=1)}, pickled)
     with pytest.raises(Exception, match="[Ww]eights only load failed"):
         load({"probe": str(pickled)}, num_classes=0)
-    # with the pretrained head (num_classes as published) timm loads strictly: missing keys fail
-    with pytest.raises(
-        ConfigError, match=rf"^metric\.weights\.probe={wrong} does not hold {TINY}'s weights: "
-    ):
-        load({"probe": str(wrong)})
+    # with the published head or without it (num_classes=0, the probe's pooled features), a file
+    # of another network is refused: timm alone turned lenient without the head and kept a
+    # randomly initialised backbone
+    for overrides in ({}, {"num_classes": 0}):
+        with pytest.raises(
+            ConfigError,
+            match=rf"^metric\.weights\.probe={wrong} does not hold {TINY}'s weights: "
+            r"the file lacks conv1\.0\.weight, conv1\.1\.weight, .* and \d+ more$",
+        ):
+            load({"probe": str(wrong)}, **overrides)
+    extra = tmp_path / "extra.pt"  # every weight, and one the model does not have
+    torch.save({**tiny_state, "neck.weight": torch.zeros(1)}, extra)
+    with pytest.raises(ConfigError, match=r"the file has keys the model has not: neck\.weight$"):
+        load({"probe": str(extra)}, num_classes=0)
+
+
+def test_a_file_with_its_classifier_loads_without_the_head(tmp_path: Path):
+    """A checkpoint of the whole classifier (head ``fc`` included) feeds the probe's headless backbone."""
+    import timm
+
+    torch.manual_seed(1)
+    whole = timm.create_model(TINY, pretrained=False).state_dict()
+    assert {"fc.weight", "fc.bias"} <= set(whole)
+    file = tmp_path / "classifier.pth"
+    torch.save(whole, file)
+    model = load({"probe": str(file)}, num_classes=0)
+    backbone = model.state_dict()
+    assert set(backbone) == set(whole) - {"fc.weight", "fc.bias"}
+    for key, value in backbone.items():
+        assert torch.equal(value, whole[key]), key
 
 
 @pytest.mark.parametrize(("offline", "state"), [(True, "the hub is offline"), (False, "the download failed")])

@@ -173,6 +173,26 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
+def _load_every_weight(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Load a timm state dict into ``model``; a weight the file leaves unset is an error.
+
+    Written here because timm's own loader turns lenient when the head is dropped
+    (``num_classes=0``, the probe's pooled features) and then only logs missing keys: a file of
+    another network would leave a randomly initialised backbone and publish its numbers. The
+    file's classifier (timm's ``pretrained_cfg["classifier"]``) may be left over.
+    """
+    heads = model.pretrained_cfg.get("classifier") or ()
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    own = set(model.state_dict())
+    kept = {k: v for k, v in state.items() if k in own or not k.startswith(tuple(f"{h}." for h in heads))}
+    result = model.load_state_dict(kept, strict=False)
+    problems = {"lacks": result.missing_keys, "has keys the model has not:": result.unexpected_keys}
+    for what, keys in problems.items():
+        if keys:
+            shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+            raise ValueError(f"the file {what} {shown}")
+
+
 def load_timm(
     name: str,
     key: str,
@@ -204,10 +224,9 @@ def load_timm(
             raise MissingWeightsError(
                 f"metric.weights.{key}={given}: no such file. {used_by} needs {name}: {supply}"
             )
+        model = timm.create_model(name, pretrained=False, **overrides)
         try:
-            model = timm.create_model(
-                name, pretrained=True, pretrained_cfg_overlay={"state_dict": _read_state(path)}, **overrides
-            )
+            _load_every_weight(model, _read_state(path))
         except (RuntimeError, KeyError, ValueError) as err:
             raise ConfigError(f"metric.weights.{key}={given} does not hold {name}'s weights: {err}") from err
     else:
