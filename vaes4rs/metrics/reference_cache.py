@@ -76,14 +76,13 @@ class FeatureCache:
         size = features.numel() * features.element_size()
         if key in self.entries or self.bytes + size > budget_mib * MIB:
             return
-        if features.device.type == "cuda":
-            host = torch.empty(features.shape, dtype=features.dtype, pin_memory=True)
-            host.copy_(features, non_blocking=True)
-            copied = torch.cuda.Event()
+        cuda = features.device.type == "cuda"
+        host = torch.empty(features.shape, dtype=features.dtype, pin_memory=cuda)
+        host.copy_(features, non_blocking=True)  # from a GPU into pinned memory: asynchronous
+        copied = torch.cuda.Event() if cuda else None
+        if copied is not None:
             copied.record()
-            self.entries[key] = (host, copied)
-        else:
-            self.entries[key] = (features.detach().cpu().clone(), None)
+        self.entries[key] = (host, copied)
         self.bytes += size
 
     def clear(self) -> None:
