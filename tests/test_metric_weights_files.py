@@ -320,3 +320,30 @@ def test_load_timm_cache_miss_says_why_and_how_to_fetch(monkeypatch, offline, st
         f"network, or {SUPPLY}"
     )
     assert err.value.__cause__ is error
+
+
+@pytest.mark.parametrize("n_missing", [5, 6, 7])
+def test_the_missing_weights_are_named_five_then_counted(tiny_state, tmp_path: Path, n_missing: int):
+    # BatchNorm fills a missing num_batches_tracked itself (torch's rule for old checkpoints)
+    names = [name for name in tiny_state if not name.endswith("num_batches_tracked")]
+    file = tmp_path / "partial.pt"
+    torch.save({k: v for k, v in tiny_state.items() if k not in names[:n_missing]}, file)
+    more = f" and {n_missing - 5} more" if n_missing > 5 else ""
+    with pytest.raises(ConfigError) as err:
+        load({"probe": str(file)}, num_classes=0)
+    assert str(err.value).endswith(f"the file lacks {', '.join(names[:5])}{more}")
+
+
+def test_a_classifier_of_several_heads_is_left_over_too(tmp_path: Path):
+    """timm names some classifiers as a tuple: DeiT distilled has ("head", "head_dist")."""
+    import timm
+
+    name = "deit_tiny_distilled_patch16_224"
+    whole = timm.create_model(name, pretrained=False).state_dict()
+    heads = {f"{head}.{part}" for head in ("head", "head_dist") for part in ("weight", "bias")}
+    assert heads <= set(whole)
+    file = tmp_path / "deit.pth"
+    torch.save(whole, file)
+    explicit = {"probe": str(file)}
+    model = weights.load_timm(name, "probe", explicit, setting="-", used_by="-", switch="-", num_classes=0)
+    assert set(model.state_dict()) == set(whole) - heads
