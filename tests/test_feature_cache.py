@@ -156,20 +156,21 @@ def test_a_new_cache_starts_empty_counts_hits_and_keeps_its_budget() -> None:
     cpu = torch.device("cpu")
     cache = FeatureCache()
     assert (cache.bytes, cache.hits, cache.entries) == (0, 0, {})
-    features = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    features = torch.arange(6, dtype=torch.float64).reshape(2, 3)  # kept in their own dtype
     expected = features.clone()
     cache.put("a", features, budget_mib=1)
     features.add_(100)  # the caller's tensor changes afterwards: the kept features are a copy
-    assert cache.bytes == 24
+    assert cache.bytes == 48
     assert cache.get("b", cpu) is None
+    assert cache.get("a", cpu).dtype == torch.float64
     assert torch.equal(cache.get("a", cpu), expected)
     assert torch.equal(cache.get("a", cpu), expected)
-    assert cache.hits == 2
+    assert cache.hits == 3
     assert cache.get("a", torch.device("meta")).device.type == "meta"  # moved to the device asked
     cache.put("a", expected * 2, budget_mib=1)  # a key already kept keeps its first features
-    assert torch.equal(cache.get("a", cpu), expected) and cache.bytes == 24
-    full = torch.zeros(2**20 // 4 - 5)  # with the 24 bytes kept, 4 bytes over 1 MiB
+    assert torch.equal(cache.get("a", cpu), expected) and cache.bytes == 48
+    full = torch.zeros(2**20 // 4 - 11)  # with the 48 bytes kept, 4 bytes over 1 MiB
     cache.put("full", full, budget_mib=1)
-    assert "full" not in cache.entries and cache.bytes == 24
+    assert "full" not in cache.entries and cache.bytes == 48
     cache.put("fits", full[:-1], budget_mib=1)  # exactly 1 MiB in all
     assert cache.bytes == 2**20
