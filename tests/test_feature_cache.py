@@ -115,7 +115,7 @@ def test_anything_that_changes_inceptions_input_is_a_miss(planted_home: Path, tm
     stand_in.register_forward_hook(lambda _module, args, _out: seen.append(len(args[0])))
     networks = {InceptionDistances.__name__: lambda images: stand_in(images.float())}
 
-    def originals_seen(source: ReferenceBatch, model_dtype=torch.float32, budget_mib: int = 64) -> int:
+    def originals_seen(source: ReferenceBatch | None, model_dtype=torch.float32, budget_mib: int = 64) -> int:
         """Images Inception sees of the originals (0 on a hit) in a new job's first batch."""
         suite = MetricSuite(cfg, torch.device("cpu"), model_dtype, networks, feature_cache_mib=budget_mib)
         seen.clear()
@@ -144,6 +144,11 @@ def test_anything_that_changes_inceptions_input_is_a_miss(planted_home: Path, tm
     assert originals_seen(ReferenceBatch.of("dataset config", moved, "clean", original.shape)) == 2
     # the same files at another shape (which only another config could give, but the key says so)
     assert originals_seen(ReferenceBatch.of("dataset config", ids, "clean", (2, 3, 32, 33))) == 2
+
+    # a job with the cache off neither reads what others kept nor keeps anything itself
+    assert originals_seen(clean, budget_mib=0) == 2
+    # a batch whose source the loop does not say is never looked up or kept
+    assert originals_seen(None) == 2 and originals_seen(None) == 2
 
     REFERENCE_FEATURES.clear()
     assert originals_seen(clean, budget_mib=0) == 2
