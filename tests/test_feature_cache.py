@@ -147,6 +147,9 @@ def test_anything_that_changes_inceptions_input_is_a_miss(planted_home: Path, tm
 
     # a job with the cache off neither reads what others kept nor keeps anything itself
     assert originals_seen(clean, budget_mib=0) == 2
+    # the smallest budget, 1 MiB, holds these 2 images' features (16 KiB)
+    small = ReferenceBatch.of("small budget", ids, "clean", original.shape)
+    assert originals_seen(small, budget_mib=1) == 2 and originals_seen(small, budget_mib=1) == 0
     # a batch whose source the loop does not say is never looked up or kept
     assert originals_seen(None) == 2 and originals_seen(None) == 2
 
