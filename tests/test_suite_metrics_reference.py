@@ -59,3 +59,14 @@ def test_suite_networks_load_on_the_device_asked_and_a_second_suite_shares_them(
     alone = MetricSuite(cfg, meta, torch.float32)
     for a, b, c in zip(first.metrics, second.metrics, alone.metrics):
         assert b.net is a.net and c.net is not a.net, a.name
+
+
+def test_the_protocol_record_holds_each_setting_once() -> None:
+    """metrics.json's "protocol": its name under "name", every other setting under its own key."""
+    from dataclasses import fields
+
+    cfg = MetricConfig(psnr=True, ssim=False, lpips=False, fid=False, kid=False)
+    record = MetricSuite(cfg, torch.device("cpu"), torch.float32).protocol()
+    settings = {f.name for f in fields(MetricConfig)} - {"protocol"}
+    assert set(record) == {"name", "definitions", "not_computed", *settings}
+    assert record["name"] == cfg.protocol
