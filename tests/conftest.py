@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
 
+from tests.metric_weights import plant_random_metric_weights
 from tests.tiny_models import save_tiny_models
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -28,6 +29,17 @@ def needs_shared(path: Path) -> None:
     """Skip (with the reason) when ../shared or a file in it is absent."""
     if not path.exists():
         pytest.skip(f"{path} not present (../shared is only laid out for developers and CI)")
+
+
+@pytest.fixture(scope="module")
+def planted_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A TORCH_HOME with randomly initialised metric networks under the libraries' file names
+    (tests/metric_weights.py), for one test module."""
+    home = tmp_path_factory.mktemp("torch_home")
+    plant_random_metric_weights(home / "hub" / "checkpoints")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TORCH_HOME", str(home))
+        yield home
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,6 @@ import pytest
 import torch
 
 from tests.conftest import read_per_image, write_rgb
-from tests.metric_weights import plant_random_metric_weights
 from vaes4rs import files, preflight
 from vaes4rs.config import MetricConfig, validate
 from vaes4rs.evaluate import evaluate
@@ -26,15 +25,6 @@ from vaes4rs.metrics.reference_cache import REFERENCE_FEATURES, FeatureCache, Re
 from vaes4rs.metrics.suite import InceptionDistances, MetricSuite
 
 FEATURE_BYTES = 2048 * 4  # one image's float32 pool features
-
-
-@pytest.fixture(scope="module")
-def planted_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    home = tmp_path_factory.mktemp("torch_home")
-    plant_random_metric_weights(home / "hub" / "checkpoints")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TORCH_HOME", str(home))
-        yield home
 
 
 @pytest.fixture(autouse=True)

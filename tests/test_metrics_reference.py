@@ -1,6 +1,6 @@
 """Each metric definition against its reference implementation, on the same image pairs.
 
-Pretrained networks cannot be downloaded here (no internet), so the module fixture
+Pretrained networks cannot be downloaded here (no internet), so the fixture (tests/conftest.py)
 ``planted_home`` writes *randomly initialised* weights of the right architectures into a
 temporary TORCH_HOME under the file names the libraries look for (torchvision's
 ``alexnet-owt-7be5be79.pth`` and ``vgg16-397923af.pth``, torch-fidelity's
@@ -18,9 +18,7 @@ tolerance is stated relative to its quantity, with where the remaining error com
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,7 +27,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from tests.conftest import CONF_DIR
-from tests.metric_weights import KnownLevels, known_level_pairs, plant_random_metric_weights
+from tests.metric_weights import KnownLevels, known_level_pairs
 from vaes4rs.config import MetricConfig
 from vaes4rs.metrics import fid, perceptual
 from vaes4rs.metrics.suite import MetricSuite
@@ -39,15 +37,6 @@ N_FID = 3  # InceptionV3 at 299x299 is slow on a shared CPU: FID/KID tests use t
 BATCH = 3  # compute batches cut across the pooling groups on purpose
 GROUP = 2  # pool size standing in for the study's 64
 OFF = dict(psnr=False, ssim=False, lpips=False, fid=False, kid=False)
-
-
-@pytest.fixture(scope="module")
-def planted_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    home = tmp_path_factory.mktemp("torch_home")
-    plant_random_metric_weights(home / "hub" / "checkpoints")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TORCH_HOME", str(home))
-        yield home
 
 
 @pytest.fixture(scope="module")
