@@ -74,7 +74,8 @@ class _Job:
     reference: str  # metric.reference
     reconstructions: ReconstructionWriter | None
     # The resolved dataset config, part of the key of reference features kept across jobs; None
-    # when nothing is kept (run.feature_cache_mb=0 or no FID/KID), so no file is stat'ed per batch.
+    # when the suite keeps none (run.feature_cache_mb=0, no FID/KID, or Inception's file missing),
+    # so no file is stat'ed per batch.
     dataset_key: str | None
 
 
@@ -240,7 +241,7 @@ def evaluate(
         device,
         reference=str(cfg.metric.reference),
         reconstructions=saved,
-        dataset_key=repr(cfg.dataset) if cache_mib > 0 and (cfg.metric.fid or cfg.metric.kid) else None,
+        dataset_key=repr(cfg.dataset) if suite.reuses_reference_features() else None,
     )
     dataset.batches.skip(progress.batches_done)
     numbers = list(dataset.batches.numbers)  # each coming batch's position in the whole set

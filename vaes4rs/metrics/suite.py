@@ -502,6 +502,13 @@ class MetricSuite:
     def columns(self) -> list[str]:
         return [column for metric in self.metrics for column in metric.columns]
 
+    def reuses_reference_features(self) -> bool:
+        """Whether ``update`` looks reference features up: a cache budget and FID/KID loaded.
+
+        Only then does the loop need to say each batch's ``source`` (which stats its files).
+        """
+        return self.feature_cache_mib > 0 and any(isinstance(m, InceptionDistances) for m in self.metrics)
+
     def prepare(self, recon: torch.Tensor, original: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Apply the protocol's casts: quantise the reconstruction, cast the ground truth."""
         pred = pixel.quantize(recon.float(), self.cfg.quantize)
