@@ -32,6 +32,7 @@ differences.
 from __future__ import annotations
 
 import argparse
+import collections
 import csv
 import functools
 import json
@@ -203,6 +204,8 @@ def _install_probes(spec: dict[str, Any]) -> None:
     from vaes4rs.models import adapter
 
     cuda = torch.cuda.is_available()
+    if spec.get("count_host_waits") and cuda:
+        _note_host_waits()
 
     def timed(owner: Any, attr: str, key: str, synced: bool = False) -> None:
         original = getattr(owner, attr)
@@ -245,28 +248,31 @@ def _install_probes(spec: dict[str, Any]) -> None:
     if spec.get("stages"):
         for owner, attr, key in (
             (evaluate, "to_minus_one_one", "uint8 -> [-1, 1]"),
-            (adapter.VAEAdapter, "reconstruct", "reconstruct (adapter)"),
+            (adapter.VAEAdapter, "start_reconstruction", "reconstruct (adapter)"),
             (adapter.VAEAdapter, "encode", "encode (incl. latent noise)"),
             (adapter.VAEAdapter, "decode", "decode"),
-            (suite.MetricSuite, "update", "metric suite update"),
+            (suite.MetricSuite, "submit", "metric suite submit"),
             *((metric, "observe", f"metric {metric.name}") for metric in METRICS),
             (results.PerImageWriter, "write", "per_image.csv rows"),
         ):
             timed(owner, attr, key, synced)
+    # The loop reads batch k's values after queueing batch k+1 (first in, first out): a batch
+    # runs from the start of its submit to the end of its finish.
+    timed(evaluate, "_submit_batch", "submit batch", synced)
+    timed(evaluate, "_finish_batch", "finish batch", synced)
+    submit, finish = evaluate._submit_batch, evaluate._finish_batch
+    queued: collections.deque[float] = collections.deque()
 
-    score = evaluate._score_batch
+    def submit_probe(*args: Any, **kwargs: Any) -> Any:
+        queued.append(time.perf_counter() - _JOB["loop_start"])
+        return submit(*args, **kwargs)
 
-    def score_probe(batch: dict, *args: Any, **kwargs: Any) -> int:
-        if synced:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        n = score(batch, *args, **kwargs)
-        if synced:
-            torch.cuda.synchronize()
-        _JOB["batches"].append((start - _JOB["loop_start"], time.perf_counter() - _JOB["loop_start"], n))
+    def finish_probe(*args: Any, **kwargs: Any) -> int:
+        n = finish(*args, **kwargs)
+        _JOB["batches"].append((queued.popleft(), time.perf_counter() - _JOB["loop_start"], n))
         return n
 
-    evaluate._score_batch = score_probe
+    evaluate._submit_batch, evaluate._finish_batch = submit_probe, finish_probe
 
     def bar_probe(*args: Any, **kwargs: Any) -> Any:
         _JOB["loop_start"] = time.perf_counter()  # evaluate() starts its clock just before the bar
@@ -277,7 +283,9 @@ def _install_probes(spec: dict[str, Any]) -> None:
 
     def job_probe(cfg: Any, out_dir: Path, *args: Any, **kwargs: Any) -> dict[str, Any]:
         _JOB.clear()
-        _JOB.update(start=time.time(), batches=[], calls={}, out_dir=str(out_dir))
+        _JOB.update(start=time.time(), batches=[], calls={}, out_dir=str(out_dir), host_waits=None)
+        if spec.get("count_host_waits") and cuda:
+            _JOB["host_waits"] = []
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
@@ -296,6 +304,29 @@ def _install_probes(spec: dict[str, Any]) -> None:
                 handle.write(json.dumps({k: v for k, v in _JOB.items() if k != "loop_start"}) + "\n")
 
     run.run_job = job_probe
+
+
+SYNC_WARNING = "called a synchronizing CUDA operation"
+
+
+def _note_host_waits() -> None:
+    """Note when and from which line the job waits for the GPU without saying so.
+
+    torch's sync debug mode warns at each implicit wait (``.item()``, ``bool()`` of a tensor, a
+    copy into pageable memory, ...), not at an explicit event or device synchronisation; the
+    report counts those of a steady batch, which the loop means to keep at none.
+    """
+    torch.cuda.set_sync_debug_mode("warn")
+    warnings.filterwarnings("always", message=f".*{SYNC_WARNING}")
+    show = warnings.showwarning
+
+    def note(message: Any, category: Any, filename: str, lineno: int, *args: Any, **kwargs: Any) -> None:
+        if SYNC_WARNING not in str(message):
+            show(message, category, filename, lineno, *args, **kwargs)
+        elif "loop_start" in _JOB:
+            _JOB["host_waits"].append((time.perf_counter() - _JOB["loop_start"], f"{filename}:{lineno}"))
+
+    warnings.showwarning = note
 
 
 def pipeline_job(overrides: list[str]) -> None:
@@ -321,6 +352,7 @@ class JobTrace:
     calls: dict[str, list[float]]
     peak_mib: float | None
     out_dir: str
+    host_waits: list[tuple[float, str]] | None  # (time in the loop, file:line); None: not counted
 
     @property
     def images_per_s(self) -> float:
@@ -329,7 +361,8 @@ class JobTrace:
 
     @property
     def first_batch_s(self) -> float:
-        """From the loop's start to the end of its first batch (workers, cuDNN, compilation)."""
+        """From the loop's start until the first batch's values are read, which is after the
+        second batch is queued (workers, cuDNN, compilation)."""
         return self.batches[0][1]
 
     @property
@@ -342,6 +375,14 @@ class JobTrace:
     @property
     def outside_loop_s(self) -> float:
         return self.job_s - self.loop_s
+
+    def steady_host_waits(self) -> tuple[float, collections.Counter[str]] | None:
+        """Implicit waits for the GPU per batch after the first, and the lines they came from."""
+        if self.host_waits is None or len(self.batches) < 2:
+            return None
+        first, last = self.batches[0][1], self.batches[-1][1]
+        sites = collections.Counter(site for at, site in self.host_waits if first < at <= last)
+        return sum(sites.values()) / (len(self.batches) - 1), sites
 
 
 @dataclass
@@ -614,32 +655,35 @@ def _steady(values: Sequence[float]) -> list[float]:
     return list(values[1:] if len(values) > 1 else values)
 
 
-# Stage probes inside one batch's scoring: (probe key, depth); depth 2 lies inside the depth-1 line above.
-SCORE_STAGES = (
+# Stage probes inside a batch's submit and finish: (probe key, depth); depth 2 lies inside the
+# depth-1 line above it.
+SUBMIT_STAGES = (
     ("uint8 -> [-1, 1]", 1),
     ("reconstruct (adapter)", 1),
     ("encode (incl. latent noise)", 2),
     ("decode", 2),
-    ("metric suite update", 1),
+    ("metric suite submit", 1),
     *((f"metric {metric.name}", 2) for metric in METRICS),
-    ("per_image.csv rows", 1),
 )
+FINISH_STAGES = (("per_image.csv rows", 1),)
 
 
 def stage_table(job: JobTrace) -> list[str]:
     """Per-batch means after the first batch (CUDA-synchronised), with their share of a batch's period."""
-    ends = [0.0, *(end for _, end, _ in job.batches)]
-    period = statistics.mean(_steady([b - a for a, b in zip(ends, ends[1:])]))
+    # From one submit's start to the next: one submit, the previous batch's finish and the wait.
+    starts = [start for start, _, _ in job.batches] + [job.batches[-1][1]]
+    period = statistics.mean(_steady([b - a for a, b in zip(starts, starts[1:])]))
     calls = {k: statistics.mean(_steady(v)) for k, v in job.calls.items() if len(v) == len(job.batches)}
-    score = statistics.mean(_steady([end - start for start, end, _ in job.batches]))
-    wait = statistics.mean(_steady([start - previous for (start, _, _), previous in zip(job.batches, ends)]))
-    rows = [("data wait + loop bookkeeping", wait), ("score batch", score)]
-    rows += [("  " * depth + key, calls[key]) for key, depth in SCORE_STAGES if key in calls]
-    other = score - sum(calls.get(key, 0.0) for key, depth in SCORE_STAGES if depth == 1)
-    rows += [
-        ("  other in score batch (copy to GPU, per-image rows, samples)", other),
-        ("batch period", period),
-    ]
+    rows = [("data wait + loop bookkeeping", period - calls["submit batch"] - calls["finish batch"])]
+    for part, stages, other in (
+        ("submit batch", SUBMIT_STAGES, "copy to GPU, latent decode, file stats"),
+        ("finish batch", FINISH_STAGES, "wait for the values, finiteness, samples"),
+    ):
+        rows.append((part, calls[part]))
+        rows += [("  " * depth + key, calls[key]) for key, depth in stages if key in calls]
+        inside = sum(calls.get(key, 0.0) for key, depth in stages if depth == 1)
+        rows.append((f"  other in {part} ({other})", calls[part] - inside))
+    rows.append(("batch period", period))
     cells = [[label, _fmt(1e3 * seconds), _fmt(100 * seconds / period)] for label, seconds in rows]
     return markdown_table(["stage", "ms per batch", "% of period"], "lrr", cells)
 
@@ -655,6 +699,19 @@ _OUTSIDE = (
     "samples",
     "software versions",
 )
+
+
+def host_waits_table(run: PipelineRun) -> list[str]:
+    """Per job: implicit waits for the GPU per steady batch, and the lines that cause most of them."""
+    rows = []
+    for job in run.jobs:
+        counted = job.steady_host_waits()
+        if counted is not None:
+            per_batch, sites = counted
+            where = "; ".join(f"{Path(site).name} x{n}" for site, n in sites.most_common(4))
+            rows.append([f"{job.model} {job.dataset}", _fmt(per_batch, 2), where or "none"])
+    header = ["job", "waits per batch", "where (file:line x count, steady batches)"]
+    return markdown_table(header, "lrl", rows)
 
 
 def outside_loop_table(run: PipelineRun) -> list[str]:
@@ -1050,7 +1107,7 @@ class Benchmark:
         plant_metric_weights(a.workdir / "torch_home")
         roots = self.roots()
         kept = self.floors(roots)
-        eager = self.pipeline("eager", a.models, roots, {})
+        eager = self.pipeline("eager", a.models, roots, {"count_host_waits": True})
         for job in eager.jobs:
             case = next(c for c in self.cases if (c.model, f"img{c.size}") == (job.model, job.dataset))
             case.pipeline = _pipeline_figures(job)
@@ -1101,6 +1158,11 @@ class Benchmark:
         if eager.jobs:
             self.say("", f"## Outside the loop (eager sweep of {len(eager.jobs)} jobs)", "")
             self.say(*outside_loop_table(eager))
+            counted = {f"{j.model} {j.dataset}": w for j in eager.jobs if (w := j.steady_host_waits())}
+            if counted:  # on CUDA only
+                self.say("", "## Implicit waits for the GPU in the loop (torch.cuda sync debug mode)", "")
+                self.say(*host_waits_table(eager))
+                self.results["host_waits"] = {job: [n, dict(sites)] for job, (n, sites) in counted.items()}
         lines, plan = report_lines(self.cases, self.card, self.peak, self.args.sizes, eager.startup_s, shifts)
         self.results["projection"] = plan
         self.say(*lines)

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import write_rgb
+from vaes4rs import data
 from vaes4rs.config import DatasetConfig
 from vaes4rs.data import CorruptImageError, list_images, prepare, read_image, to_rgb_uint8
 
@@ -112,6 +113,34 @@ def test_decoding_errors_come_back_from_workers_naming_the_file(image_folder: Pa
     ((record, error),) = [item for b in batches for item in b["skipped"]]
     assert record.path.name == "forest_8.png" and "forest_8.png" in str(error)
     assert isinstance(error, CorruptImageError)
+
+
+@pytest.mark.parametrize(
+    ("requested", "cpus", "ranks_on_node", "expected"),
+    [
+        (3, 64, None, 3),  # asked for: taken as is
+        (0, 64, None, 0),
+        (None, 2, None, 2),  # unset: the CPUs this process may use...
+        (None, 64, None, data.MAX_AUTO_WORKERS),  # ...at most 8...
+        (None, 16, "4", 4),  # ...shared among torchrun's ranks on the node...
+        (None, 2, "8", 1),  # ...and at least one
+    ],
+)
+def test_loader_workers(monkeypatch, requested, cpus, ranks_on_node, expected) -> None:
+    monkeypatch.setattr(data.os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    if ranks_on_node is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", ranks_on_node)
+    assert data.loader_workers(requested) == expected
+
+
+def test_unset_workers_reach_the_loader(image_folder: Path, monkeypatch) -> None:
+    monkeypatch.setattr(data.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    cfg = DatasetConfig(name="scenes", source="folder", root=str(image_folder))
+    assert cfg.num_workers is None
+    assert prepare(cfg, batch_size=2, pin_memory=False).loader.num_workers == 3
 
 
 def test_batches_have_one_size_and_cover_every_image(image_folder: Path) -> None:

@@ -221,3 +221,20 @@ def test_meta_copy_of_our_tiny_module_keeps_its_variant() -> None:
     copy = families.family_for(module).meta_copy(module)
     assert type(copy) is TinyAutoencoder and copy.variant == "taesana" and not copy.training
     assert all(p.is_meta for p in copy.parameters()) and not any(p.is_meta for p in module.parameters())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+# one image, a batch, Qwen-Image's frame axis
+@pytest.mark.parametrize("shape", [(1, 8, 5, 6), (3, 8, 5, 6), (2, 8, 1, 5, 6)])
+def test_sample_latent_is_diffusers_sample_bit_for_bit(dtype, shape) -> None:
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    parameters = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+    dist = DiagonalGaussianDistribution(parameters)
+    ids = [f"class/{i}.png" for i in range(shape[0])]
+    ours = families.sample_latent(dist, noise_generators(7, ids))
+    theirs = dist.sample(generator=noise_generators(7, ids))
+    assert ours.dtype == theirs.dtype == dtype
+    assert torch.equal(ours, theirs)
+    other_seed = families.sample_latent(dist, noise_generators(8, ids))
+    assert not torch.equal(ours, other_seed)

@@ -10,12 +10,14 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from benchmarks import throughput
 from benchmarks.throughput import tiny_config
 from tests.conftest import REPO_ROOT
 from tests.tiny_models import build_study_multiple_model
@@ -117,3 +119,45 @@ def test_benchmark_runs_on_cpu_and_prints_its_tables(tmp_path: Path) -> None:
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert row in again.stdout and "## Targets" in again.stdout  # the saved run prints the same table
+
+
+def test_implicit_waits_for_the_gpu_are_noted_and_counted_per_steady_batch(monkeypatch) -> None:
+    """The benchmark's sync counter, fed the warning torch's sync debug mode gives (no GPU here)."""
+    modes: list[str] = []
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+    monkeypatch.setattr(throughput, "_JOB", {"host_waits": []})
+    shown: list[str] = []
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *args, **kwargs: shown.append(str(message))
+        throughput._note_host_waits()
+        assert modes == ["warn"]
+        warnings.warn("unrelated", stacklevel=1)  # passed on, not counted
+        warnings.warn(
+            f"{throughput.SYNC_WARNING} (before the loop)", stacklevel=1
+        )  # not counted: no loop yet
+        throughput._JOB["loop_start"] = 0.0
+        for _ in range(3):  # the same line each time: "always", not once per line
+            warnings.warn(f"{throughput.SYNC_WARNING} (Triggered internally)", stacklevel=1)
+    assert shown == ["unrelated"]
+    noted = throughput._JOB["host_waits"]
+    assert len(noted) == 3 and {site for _, site in noted} == {noted[0][1]}
+    assert noted[0][1].startswith(f"{__file__}:")  # the line that waited
+
+    job = throughput.JobTrace(
+        model="sd21",
+        dataset="img256",
+        n_images=6,
+        loop_s=3.0,
+        job_s=4.0,
+        start=0.0,
+        batches=[(0.0, 1.0, 2), (0.5, 2.0, 2), (1.5, 3.0, 2)],  # (submit start, finish end, images)
+        calls={},
+        peak_mib=None,
+        out_dir="x",
+        host_waits=[(0.5, "a.py:1"), (1.5, "b.py:2"), (1.6, "b.py:2"), (2.5, "b.py:2"), (3.5, "c.py:3")],
+    )
+    per_batch, sites = job.steady_host_waits()
+    assert per_batch == 1.5 and sites == {"b.py:2": 3}  # within the two steady batches only
+    table = throughput.host_waits_table(throughput.PipelineRun([job], wall_s=5.0, startup_s=1.0))
+    assert table[-1].replace(" ", "") == "|sd21img256|1.50|b.py:2x3|"
+    assert throughput.JobTrace(**{**job.__dict__, "host_waits": None}).steady_host_waits() is None

@@ -201,7 +201,8 @@ class DatasetConfig:
     # Images with more pixels than this are refused before the work (memory grows with the
     # image: a 6000x6000 image needs several GB through an SD-class VAE); tile such scenes.
     max_pixels: int = 4096 * 4096
-    num_workers: int = 2
+    # Processes decoding images; null: sized to the CPUs this process may use (data.loader_workers).
+    num_workers: int | None = None
     degrade: DegradeConfig = field(default_factory=DegradeConfig)
     # Rasters (multi-band, 16-bit or float TIFF/GeoTIFF) and whole scenes.
     path: str | None = None  # scene: the raster file
@@ -406,7 +407,7 @@ def validate(cfg: DictConfig) -> RunConfig:
         raise ConfigError(f"dataset.resize must be [H, W] with positive sides, got {dataset.resize}")
     _check_positive("dataset.limit_per_class", dataset.limit_per_class)
     _check_positive("dataset.max_pixels", dataset.max_pixels, allow_none=False)
-    if dataset.num_workers < 0:
+    if dataset.num_workers is not None and dataset.num_workers < 0:
         raise ConfigError(f"dataset.num_workers must be >= 0, got {dataset.num_workers}")
     if dataset.classes is not None and not dataset.classes:
         raise ConfigError("dataset.classes is an empty list; leave it unset (null) to use every class")

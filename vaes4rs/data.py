@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -804,6 +805,22 @@ class PreparedDataset:
         return sampler
 
 
+# On an H200, 8 workers decoded 7,178 JPEGs/s at 256 px and 1,064 at 600 px, where the eager
+# SD2.1 VAE took 258 and 44 (experiments/throughput): more would only cost memory and start time.
+MAX_AUTO_WORKERS = 8
+
+
+def loader_workers(requested: int | None) -> int:
+    """``dataset.num_workers``, or when it is unset the CPUs this process may use (its affinity,
+    which SLURM and containers restrict) shared among torchrun's ranks on the node, at most
+    ``MAX_AUTO_WORKERS``."""
+    if requested is not None:
+        return requested
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    ranks_on_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min(MAX_AUTO_WORKERS, cpus // ranks_on_node))
+
+
 def prepare(cfg: DatasetConfig, batch_size: int, pin_memory: bool, min_side: int = 1) -> PreparedDataset:
     """Scan the set (every header, before any work), then batch it; pixels are decoded in workers.
 
@@ -826,7 +843,7 @@ def prepare(cfg: DatasetConfig, batch_size: int, pin_memory: bool, min_side: int
     loader = DataLoader(
         source,
         batch_sampler=SameSizeBatches(found.sizes, batch_size),
-        num_workers=cfg.num_workers,
+        num_workers=loader_workers(cfg.num_workers),
         collate_fn=collate,
         pin_memory=pin_memory,
         persistent_workers=False,

@@ -21,12 +21,13 @@ from vaes4rs import checkpoint, files, results
 from vaes4rs.config import RunConfig
 from vaes4rs.data import CorruptImageError, ImageRecord
 from vaes4rs.degrade import describe
-from vaes4rs.device import resolve_dtype
+from vaes4rs.device import HostCopy, resolve_dtype
 from vaes4rs.distributed import SINGLE_PROCESS, Ranks, gather
-from vaes4rs.latents import decode_latents
+from vaes4rs.latents import start_decoding
+from vaes4rs.metrics.pixel import to_uint8
 from vaes4rs.metrics.reference_cache import REFERENCE_FEATURES, ReferenceBatch
-from vaes4rs.metrics.suite import MetricSuite
-from vaes4rs.models.adapter import NOISE_RULE, VAEAdapter
+from vaes4rs.metrics.suite import MetricSuite, PendingColumns
+from vaes4rs.models.adapter import NOISE_RULE, Reconstruction, VAEAdapter
 from vaes4rs.models.compile import compile_vae
 from vaes4rs.models.cost import model_stats
 from vaes4rs.models.zoo import adapter_for, load_vae
@@ -79,8 +80,23 @@ class _Job:
     dataset_key: str | None
 
 
-def _score_batch(batch: dict, job: _Job) -> int:
-    """Reconstruct and score one batch; its rows go to per_image.csv, chosen images to ``job.samples``.
+@dataclass
+class _Submitted:
+    """A batch whose work is queued on the device; ``_finish_batch`` reads its values."""
+
+    records: list[ImageRecord]
+    height: int
+    width: int
+    reconstruction: Reconstruction
+    columns: PendingColumns
+    baseline: PendingColumns | None
+    pixels: HostCopy | None  # the rounded uint8 reconstructions, when saved or shown
+    clean: torch.Tensor  # the batch's images, on the host
+    given: torch.Tensor | None  # what the VAE was given instead (dataset.degrade), on the host
+
+
+def _submit_batch(batch: dict, job: _Job) -> _Submitted:
+    """Queue one batch's reconstruction and scores; nothing here waits for the GPU.
 
     With ``dataset.degrade`` the VAE is given the degraded images; ``metric.reference=clean``
     scores its reconstructions against the clean ones and the degraded input too (the
@@ -92,14 +108,14 @@ def _score_batch(batch: dict, job: _Job) -> int:
     clean = batch["images"]
     degraded = "inputs" in batch  # dataset.degrade, applied by the data workers
     given = batch["inputs"] if degraded else clean
-    given_device = given.to(job.device, non_blocking=True)
-    model_input = to_minus_one_one(given_device)
+    model_input = to_minus_one_one(given.to(job.device, non_blocking=True))
     height, width = int(clean.shape[-2]), int(clean.shape[-1])
     if "latents" in batch:
         channels_last = batch["layout"] == "channels_last"
-        recon = decode_latents(job.adapter, batch["latents"], height, width, channels_last)
+        reconstruction = start_decoding(job.adapter, batch["latents"], height, width, channels_last)
     else:
-        recon = job.adapter.reconstruct(model_input, ids)
+        reconstruction = job.adapter.start_reconstruction(model_input, ids)
+    recon = reconstruction.images
     against_clean = degraded and job.reference == "clean"
     reference = to_minus_one_one(clean.to(job.device, non_blocking=True)) if against_clean else model_input
     labels = [record.label for record in records]
@@ -108,24 +124,39 @@ def _score_batch(batch: dict, job: _Job) -> int:
         images = [(record.image_id, record.path) for record in records]
         which = "input" if degraded and not against_clean else "clean"
         source = ReferenceBatch.of(job.dataset_key, images, which, clean.shape)
-    columns = job.suite.update(recon, reference, labels=labels, source=source)
+    columns = job.suite.submit(recon, reference, labels=labels, source=source)
+    baseline = None
     if job.baseline is not None:
-        for key, values in job.baseline.update(model_input, reference, labels=labels, source=source).items():
-            columns[results.BASELINE_PREFIX + key] = values
-    rows = []
+        baseline = job.baseline.submit(model_input, reference, labels=labels, source=source)
     wanted = job.reconstructions is not None or any(image_id in job.sample_ids for image_id in ids)
-    recon_pixels = results.to_uint8_images(recon) if wanted else []
-    for i, record in enumerate(records):
-        row = _row(record, height, width)
+    pixels = HostCopy(to_uint8(recon, "round")) if wanted else None
+    return _Submitted(
+        records, height, width, reconstruction, columns, baseline, pixels, clean, given if degraded else None
+    )
+
+
+def _finish_batch(batch: _Submitted, job: _Job) -> int:
+    """Read a submitted batch's values (the only wait for the GPU per batch): its rows go to
+    per_image.csv, chosen images to ``job.samples``; a non-finite reconstruction stops the job
+    before anything of the batch is written."""
+    batch.reconstruction.checked()
+    columns = batch.columns.get()
+    if batch.baseline is not None:
+        for key, values in batch.baseline.get().items():
+            columns[results.BASELINE_PREFIX + key] = values
+    pixels = batch.pixels.get() if batch.pixels is not None else None
+    rows = []
+    for i, record in enumerate(batch.records):
+        row = _row(record, batch.height, batch.width)
         row.update({key: float(values[i]) for key, values in columns.items()})
         rows.append(row)
         if job.reconstructions is not None:
-            job.reconstructions.write(record, recon_pixels[i])
+            job.reconstructions.write(record, pixels[i])
         if record.image_id in job.sample_ids:
-            shown = (clean[i], recon_pixels[i], given[i]) if degraded else (clean[i], recon_pixels[i])
-            job.samples[record.image_id] = tuple(image.cpu() for image in shown)
+            shown = (batch.clean[i], pixels[i]) + (() if batch.given is None else (batch.given[i],))
+            job.samples[record.image_id] = tuple(image.clone() for image in shown)  # not a view of the batch
     job.writer.write(rows)
-    return len(records)
+    return len(batch.records)
 
 
 def _reconstructions_card(cfg: RunConfig, suite: MetricSuite) -> dict[str, Any]:
@@ -257,6 +288,10 @@ def evaluate(
         unit="img",
         disable=not cfg.run.progress or not ranks.main,
     )
+    # One batch in flight: batch k's values are read after batch k+1 is queued, so the GPU is
+    # never idle while the host writes rows and fetches the next batch. A crash loses at most
+    # the batch in flight, which a resume redoes from the last checkpoint like any other.
+    in_flight: _Submitted | None = None
     try:
         for number, batch in zip(numbers, dataset.loader):
             for record, error in batch["skipped"]:
@@ -268,17 +303,26 @@ def evaluate(
                 skipped.append((record, error.reason, str(error)))
                 progress.skipped.append((record.index, error.reason, str(error)))
             progress.batches_done += 1
+            submitted = None
             if batch["images"] is not None:
-                n_images += _score_batch(batch, job)
+                submitted = _submit_batch(batch, job)
                 scored.append(number)
+            if in_flight is not None:
+                n_images += _finish_batch(in_flight, job)
+            in_flight = submitted
             bar.update(len(batch["records"]) + len(batch["skipped"]))
             bar.set_postfix(img_s=f"{n_images / (time.perf_counter() - start):.2f}")
             if schedule is not None and schedule.due(progress.batches_done):
+                if in_flight is not None:  # a checkpoint holds every batch it counts, finished
+                    n_images += _finish_batch(in_flight, job)
+                    in_flight = None
                 progress.rows, progress.samples = list(writer.rows), dict(samples)
                 progress.suite_state, progress.latent_shapes = suite.state_dict(), dict(adapter.latent_shapes)
                 progress.baseline_state = baseline.state_dict() if baseline is not None else {}
                 progress.seconds = time.perf_counter() - start
                 checkpoint.save(checkpoint_file, progress)
+        if in_flight is not None:
+            n_images += _finish_batch(in_flight, job)
     finally:
         bar.close()
         writer.close()

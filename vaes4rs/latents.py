@@ -44,9 +44,17 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from vaes4rs.config import Choice, DatasetConfig, DType, ModelConfig, ModelLoader
-from vaes4rs.data import DatasetScan, ImageFolderSource, ImageRecord, PreparedDataset, SameSizeBatches
+from vaes4rs.data import (
+    DatasetScan,
+    ImageFolderSource,
+    ImageRecord,
+    PreparedDataset,
+    SameSizeBatches,
+    loader_workers,
+)
+from vaes4rs.device import HostCopy
 from vaes4rs.errors import InputError
-from vaes4rs.models.adapter import NOISE_RULE, NonFiniteOutputError, VAEAdapter
+from vaes4rs.models.adapter import NOISE_RULE, NonFiniteOutputError, Reconstruction, VAEAdapter
 
 log = logging.getLogger(__name__)
 
@@ -663,16 +671,21 @@ def decode_latents(
     encoder may return a channels-last view), as convolutions round differently by layout;
     so a float32 export decodes bit for bit to ``VAEAdapter.reconstruct``'s output.
     """
-    latents = latents.to(adapter.device, adapter.dtype)
+    return start_decoding(adapter, latents, height, width, channels_last).checked()
+
+
+def start_decoding(
+    adapter: VAEAdapter, latents: torch.Tensor, height: int, width: int, channels_last: bool = False
+) -> Reconstruction:
+    """``decode_latents`` with its finiteness check left to the caller (it waits for the GPU)."""
+    latents = latents.to(adapter.device, adapter.dtype, non_blocking=True)
     if channels_last:
         latents = latents.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         out = adapter.decode(latents)[..., :height, :width]
-    if not torch.isfinite(out).all():
-        raise NonFiniteOutputError(
-            f"model '{adapter.name}' in {out.dtype} decoded non-finite values; use model.dtype=float32"
-        )
-    return out.float().clamp(-1.0, 1.0)
+        images = out.float().clamp(-1.0, 1.0)
+    problem = f"model '{adapter.name}' in {out.dtype} decoded non-finite values; use model.dtype=float32"
+    return Reconstruction(images, HostCopy(torch.isfinite(out).all()), problem)
 
 
 class _PairedSource(Dataset):
@@ -775,7 +788,7 @@ def prepare_run(
             f"holding the class folders> if they moved):\n  {shown}"
         )
     scan = DatasetScan(latents.root, records, latents.sizes, [], {}, [])
-    loader = _loader(latents, records, batch_size, cfg.num_workers, pin_memory)
+    loader = _loader(latents, records, batch_size, loader_workers(cfg.num_workers), pin_memory)
     return latents, PreparedDataset(latents.root, records, [], loader, scan)
 
 

@@ -139,13 +139,6 @@ def save_sample_grid(rows: Sequence[Sequence[torch.Tensor]], path: Path, row_lab
     canvas.save(path)
 
 
-def to_uint8_images(recon: torch.Tensor) -> list[torch.Tensor]:
-    """[-1, 1] reconstructions -> rounded uint8 CHW tensors on the CPU (what a PNG holds)."""
-    from vaes4rs.metrics.pixel import to_uint8
-
-    return list(to_uint8(recon.detach().cpu(), "round"))
-
-
 def choose_sample_ids(image_ids: Sequence[str], n: int) -> list[str]:
     """``n`` ids spread over the set, chosen by a hash of the id alone.
 

@@ -6,17 +6,18 @@ shorter side to input size / crop_pct with the config's interpolation, antialias
 the config's mean and std), applied to whole batches of float tensors, so reconstructions are
 never rounded to 8 bits on the way unless the protocol quantises them.
 
-Features are kept per batch on the CPU in float32 with the batch's class labels; ``KeptFeatures``
+Features are kept per batch in host memory in float32 with the batch's class labels; ``KeptFeatures``
 is that store, which checkpoints hold and several processes' states merge into in batch order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
+
+from vaes4rs.device import HostCopy
 
 
 class FrozenFeatures:
@@ -37,19 +38,26 @@ class FrozenFeatures:
         return nn.functional.normalize(out, dim=1) if self.unit else out
 
 
-@dataclass
 class KeptFeatures:
     """Features of originals and reconstructions, one entry per batch in the order scored.
 
     ``labels`` of a batch are None when the caller gave none (a metric that needs them says so).
+    Each batch's copy to the host is queued when it is added and waited for when read
+    (``entries``), so adding one does not wait for the GPU.
     """
 
-    entries: list[tuple[list[str] | None, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    def __init__(self, entries: Iterable[tuple[list[str] | None, torch.Tensor, torch.Tensor]] = ()) -> None:
+        self._batches = [(labels, HostCopy(real), HostCopy(fake)) for labels, real, fake in entries]
 
     def add(self, labels: Sequence[str] | None, real: torch.Tensor, fake: torch.Tensor) -> None:
         if labels is not None and len(labels) != len(real):
             raise ValueError(f"{len(labels)} labels for a batch of {len(real)} images")
-        self.entries.append((None if labels is None else list(labels), real.cpu(), fake.cpu()))
+        self._batches.append((None if labels is None else list(labels), HostCopy(real), HostCopy(fake)))
+
+    @property
+    def entries(self) -> list[tuple[list[str] | None, torch.Tensor, torch.Tensor]]:
+        """(labels, real, fake) per batch, on the host."""
+        return [(labels, real.get(), fake.get()) for labels, real, fake in self._batches]
 
     @classmethod
     def merge(cls, parts: list[KeptFeatures], batches: list[list[int]]) -> KeptFeatures:

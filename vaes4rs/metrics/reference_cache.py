@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from vaes4rs.device import HostCopy
+
 MIB = 2**20
 
 
@@ -57,7 +59,7 @@ class FeatureCache:
     """Features by key, on the host, within a byte budget; nothing is evicted (a sweep reuses all)."""
 
     def __init__(self) -> None:
-        self.entries: dict[Hashable, tuple[torch.Tensor, torch.cuda.Event | None]] = {}
+        self.entries: dict[Hashable, HostCopy] = {}
         self.bytes = 0
         self.hits = 0  # lookups answered (the loop logs each job's share)
 
@@ -66,23 +68,14 @@ class FeatureCache:
         if entry is None:
             return None
         self.hits += 1
-        features, copied = entry
-        if copied is not None:
-            copied.synchronize()  # the copy to the host was asynchronous (normally long finished)
-        return features.to(device, non_blocking=True)
+        return entry.get().to(device, non_blocking=True)  # its copy to the host is normally long finished
 
     def put(self, key: Hashable, features: torch.Tensor, budget_mib: int) -> None:
         """Keep ``features`` under ``key`` if the budget allows, without waiting for the device."""
         size = features.numel() * features.element_size()
         if key in self.entries or self.bytes + size > budget_mib * MIB:
             return
-        cuda = features.device.type == "cuda"
-        host = torch.empty(features.shape, dtype=features.dtype, pin_memory=cuda)
-        host.copy_(features, non_blocking=True)  # from a GPU into pinned memory: asynchronous
-        copied = torch.cuda.Event() if cuda else None
-        if copied is not None:
-            copied.record()
-        self.entries[key] = (host, copied)
+        self.entries[key] = HostCopy(features)  # features are never changed in place
         self.bytes += size
 
     def clear(self) -> None:

@@ -1,7 +1,8 @@
 """A protocol's metric suite: per-image columns per batch, dataset-level numbers at the end.
 
-The evaluation loop calls ``update(recon, original, labels=...)`` per batch, ``finalize(table)``
-once with the per-image table in dataset order, and stores ``protocol()`` under "protocol" in
+The evaluation loop calls ``submit(recon, original, labels=...)`` per batch and reads the
+values one batch later (``update`` reads them at once), ``finalize(table)`` once with the
+per-image table in dataset order, and stores ``protocol()`` under "protocol" in
 metrics.json. Each metric is a small class in ``METRICS`` so new ones slot in without
 touching the loop; a protocol (conf/metric/*.yaml) only switches them on and picks among
 definitions. No metric keeps images: per-image values go to the results table, FID keeps
@@ -33,18 +34,31 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from vaes4rs.config import MetricConfig
+from vaes4rs.device import HostCopy
 from vaes4rs.metrics import cmmd, fid, perceptual, pixel, probe, stats, weights
 from vaes4rs.metrics.features import FrozenFeatures, KeptFeatures
 from vaes4rs.metrics.reference_cache import REFERENCE_FEATURES, ReferenceBatch, Reuse
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class PendingColumns:
+    """A batch's per-image columns on their way to the host (``MetricSuite.submit``)."""
+
+    names: list[str]
+    values: HostCopy | None  # (columns, images) float64; None when the suite has no column
+
+    def get(self) -> dict[str, np.ndarray]:
+        """Column name -> one value per image (waits for the copy)."""
+        return {} if self.values is None else dict(zip(self.names, self.values.get().numpy()))
 
 
 Networks = dict[str, Any]  # metric class name -> its loaded network, shared by one job's suites
@@ -525,11 +539,24 @@ class MetricSuite:
         labels: Sequence[str] | None = None,
         source: ReferenceBatch | None = None,
     ) -> dict[str, np.ndarray]:
-        """Per-image columns of a batch (``no_grad`` as a block: mutation testing skips decorators).
+        """Per-image columns of a batch, read at once (``submit`` queues them).
 
         ``labels``: each image's class, which the probe needs and CMMD uses for per-class values.
         ``source``: where ``original`` came from, so later jobs can reuse its features.
         """
+        return self.submit(recon, original, labels=labels, source=source).get()
+
+    def submit(
+        self,
+        recon: torch.Tensor,
+        original: torch.Tensor,
+        *,
+        labels: Sequence[str] | None = None,
+        source: ReferenceBatch | None = None,
+    ) -> PendingColumns:
+        """``update`` without waiting for the values: the metrics' work and one copy of the
+        batch's per-image values to the host are queued, and ``get`` reads them (``no_grad``
+        as a block: mutation testing skips decorated functions)."""
         reuse = None
         if source is not None and self.feature_cache_mib > 0:
             casts = (str(self.cfg.gt_dtype), str(self.model_dtype) if self.cfg.gt_dtype == "model" else None)
@@ -540,10 +567,10 @@ class MetricSuite:
             for metric in self.metrics:
                 observed.update(metric.observe(pred, target, labels, reuse))
             if not observed:
-                return {}
-            # One device-to-host copy per batch: every copy waits for the GPU to drain its queue.
-            host = torch.stack([values.detach().double().reshape(len(pred)) for values in observed.values()])
-        return dict(zip(observed, host.cpu().numpy()))
+                return PendingColumns([], None)
+            # One device-to-host copy per batch, stacked, as every copy has a fixed cost.
+            stacked = torch.stack([value.detach().double().reshape(len(pred)) for value in observed.values()])
+        return PendingColumns(list(observed), HostCopy(stacked))
 
     def finalize(self, table: dict[str, np.ndarray]) -> dict[str, float]:
         values: dict[str, float] = {}

@@ -12,11 +12,13 @@ from __future__ import annotations
 import copy
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vaes4rs.device import HostCopy
 from vaes4rs.models.families import family_for
 
 NOISE_RULE = (
@@ -33,6 +35,25 @@ def noise_seed(seed: int, image_id: str) -> int:
 
 class NonFiniteOutputError(RuntimeError):
     """A reconstruction held NaN/inf: a silently wrong number is never written."""
+
+
+@dataclass
+class Reconstruction:
+    """Reconstructions whose finiteness is read only when asked.
+
+    Reading it waits for the GPU to finish the batch, so the run loop asks one batch later,
+    after queueing the next one, and before anything of the batch is written.
+    """
+
+    images: torch.Tensor  # [-1, 1], float32
+    finite: HostCopy  # 0-dim bool: whether every value is finite, on its way to the host
+    problem: str  # the error's message when they are not finite
+
+    def checked(self) -> torch.Tensor:
+        """The images, or NonFiniteOutputError if any value is NaN/inf (waits for the flag's copy)."""
+        if not bool(self.finite.get()):
+            raise NonFiniteOutputError(self.problem)
+        return self.images
 
 
 class VAEAdapter:
@@ -94,7 +115,12 @@ class VAEAdapter:
         return self.family.decode(module or self.module, z)
 
     def reconstruct(self, x: torch.Tensor, image_ids: Sequence[str] = ()) -> torch.Tensor:
-        """[-1, 1] images (B, 3, H, W) -> reconstructions clamped to [-1, 1], float32.
+        """[-1, 1] images (B, 3, H, W) -> reconstructions clamped to [-1, 1], float32."""
+        return self.start_reconstruction(x, image_ids).checked()
+
+    def start_reconstruction(self, x: torch.Tensor, image_ids: Sequence[str] = ()) -> Reconstruction:
+        """``reconstruct`` with its finiteness check left to the caller: nothing here waits for
+        the GPU, unless ``upcast_on_overflow`` must decide at once whether to rerun in float32.
 
         ``no_grad`` as a block, not a decorator: mutation testing (``make mutation``) skips
         decorated functions, and this is the one that pads and crops.
@@ -104,16 +130,16 @@ class VAEAdapter:
             z = self.encode(padded, image_ids=image_ids)
             self.latent_shapes[(height, width)] = self.family.latent_shape(z)
             out = self.decode(z)[..., :height, :width]
-            finite = bool(torch.isfinite(out).all())  # waits for the GPU: once per batch
-            if not finite and self.upcast_on_overflow:
+            finite = torch.isfinite(out).all()
+            if self.upcast_on_overflow and not bool(finite):
                 out = self._reconstruct_float32(padded, image_ids)[..., :height, :width]
-                finite = bool(torch.isfinite(out).all())
-        if not finite:
-            raise NonFiniteOutputError(
-                f"model '{self.name}' in {out.dtype} produced non-finite values for image(s) "
-                f"{list(image_ids)[:8]}; run with model.dtype=float32 or model.upcast_on_overflow=true"
-            )
-        return out.float().clamp(-1.0, 1.0)
+                finite = torch.isfinite(out).all()
+            images = out.float().clamp(-1.0, 1.0)
+        problem = (
+            f"model '{self.name}' in {out.dtype} produced non-finite values for image(s) "
+            f"{list(image_ids)[:8]}; run with model.dtype=float32 or model.upcast_on_overflow=true"
+        )
+        return Reconstruction(images, HostCopy(finite), problem)
 
     def _reconstruct_float32(self, padded: torch.Tensor, image_ids: Sequence[str]) -> torch.Tensor:
         if self._float32_copy is None:
