@@ -9,6 +9,7 @@ batch later.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,8 +20,8 @@ from diffusers import AutoencoderKL
 from PIL import Image
 
 from tests.conftest import read_per_image, write_rgb
+from vaes4rs import checkpoint, files, preflight, reconstructions
 from vaes4rs import evaluate as loop
-from vaes4rs import files, preflight
 from vaes4rs.config import validate
 from vaes4rs.models.adapter import NonFiniteOutputError
 
@@ -120,3 +121,36 @@ def test_a_non_finite_batch_found_a_batch_later_writes_none_of_its_rows(
     rows = read_per_image(out_dir / files.PER_IMAGE_FILE)
     assert list(rows["image_id"]) == ["a_grey/0.png", "a_grey/1.png"]
     assert np.isfinite(rows["psnr"]).all()
+
+
+def test_a_checkpoint_comes_after_its_batches_reconstructions_are_on_disk(
+    compose_conf, tiny_models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PNGs are encoded by threads while the loop goes on; a checkpoint must not count a batch
+    whose files a crash right after it would lose (a resume does not write them again)."""
+    encode = reconstructions._save_png
+
+    def slow_encode(pixels, path):
+        time.sleep(0.2)
+        encode(pixels, path)
+
+    monkeypatch.setattr(reconstructions, "_save_png", slow_encode)
+    missing_at_checkpoints: list[list[str]] = []
+    save = checkpoint.save
+
+    def save_and_look(path: Path, progress: checkpoint.Progress) -> None:
+        root = path.parent / files.RECONSTRUCTIONS_DIR
+        image_id = progress.columns.index("image_id")
+        stems = [Path(row[image_id]).with_suffix(".png") for row in progress.rows]
+        missing_at_checkpoints.append([str(stem) for stem in stems if not (root / stem).is_file()])
+        save(path, progress)
+
+    monkeypatch.setattr(checkpoint, "save", save_and_look)
+    images = tmp_path / "images"
+    for i in range(4):
+        write_rgb(images / "class0" / f"{i}.png", 16, 16, seed=i)
+    out = tmp_path / "out"
+    overrides = ("run.save_reconstructions=true", "run.checkpoint_every=1", "metric.ssim=false")
+    run_job(compose_conf, tiny_models / "SD21-VAE", images, out, *overrides)
+    assert missing_at_checkpoints == [[], []]  # two batches, two checkpoints, every file there
+    assert len(list((out / files.RECONSTRUCTIONS_DIR / "class0").glob("*.png"))) == 4

@@ -32,8 +32,9 @@ def read_png(path: Path) -> np.ndarray:
         return np.asarray(image)
 
 
-def test_round_trip_is_bit_exact_in_the_class_layout(tmp_path: Path) -> None:
-    writer = ReconstructionWriter(tmp_path / "recon", CARD)
+@pytest.mark.parametrize("threads", [1, 3])
+def test_round_trip_is_bit_exact_in_the_class_layout(tmp_path: Path, threads: int) -> None:
+    writer = ReconstructionWriter(tmp_path / "recon", CARD, threads=threads)
     images = {
         "airplane/airplane_001.jpg": random_image(0),
         "airplane/airplane_002.tif": random_image(1, 33, 17),
@@ -59,6 +60,7 @@ def test_a_rerun_overwrites_and_crash_leftovers_are_removed(tmp_path: Path) -> N
     root = tmp_path / "recon"
     first = ReconstructionWriter(root, CARD)
     first.write(record(0, "forest/forest_1.jpg"), random_image(3))
+    first.flush()  # the earlier process got this file on disk
     # what a crash mid-write leaves: a half temporary, never a half PNG under the real name
     (root / "forest" / ".forest_2.png.tmp").write_bytes(b"\x89PNG\r\n")
     again = ReconstructionWriter(root, CARD)
@@ -93,3 +95,17 @@ def test_names_that_collide_and_bad_tensors_are_refused(tmp_path: Path) -> None:
         writer.write(record(2, "lake/lake_2.jpg"), random_image(2).float())
     with pytest.raises(ValueError, match="protocol"):
         ReconstructionWriter(tmp_path, {"model": "flux2", "dataset": "aid"})
+
+
+def test_a_failed_write_is_raised_by_flush_and_close(tmp_path: Path) -> None:
+    root = tmp_path / "recon"
+    (root / "forest" / "forest_1.png").mkdir(parents=True)  # a folder where the file must go
+    (root / "forest" / "forest_1.png" / "inside").write_text("keeps the folder from being replaced")
+    writer = ReconstructionWriter(root, CARD, threads=2)
+    writer.write(record(0, "forest/forest_1.jpg"), random_image(0))  # queued: no error yet
+    with pytest.raises(OSError):
+        writer.flush()
+    writer.write(record(2, "forest/forest_2.jpg"), random_image(2))
+    writer.close()  # the rest is written
+    written = read_png(root / "forest" / "forest_2.png")
+    assert np.array_equal(written, random_image(2).permute(1, 2, 0).numpy())

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from vaes4rs import checkpoint, files, results
 from vaes4rs.config import RunConfig
-from vaes4rs.data import CorruptImageError, ImageRecord
+from vaes4rs.data import CorruptImageError, ImageRecord, usable_cpus
 from vaes4rs.degrade import describe
 from vaes4rs.device import HostCopy, resolve_dtype
 from vaes4rs.distributed import SINGLE_PROCESS, Ranks, gather
@@ -261,7 +261,8 @@ def evaluate(
     samples = dict(progress.samples)  # image_id -> (original, recon[, degraded input]), uint8 CHW
     saved = None
     if cfg.run.save_reconstructions:
-        saved = ReconstructionWriter(out_dir / files.RECONSTRUCTIONS_DIR, _reconstructions_card(cfg, suite))
+        card = _reconstructions_card(cfg, suite)
+        saved = ReconstructionWriter(out_dir / files.RECONSTRUCTIONS_DIR, card, threads=usable_cpus())
     job = _Job(
         adapter,
         suite,
@@ -316,6 +317,8 @@ def evaluate(
                 if in_flight is not None:  # a checkpoint holds every batch it counts, finished
                     n_images += _finish_batch(in_flight, job)
                     in_flight = None
+                if saved is not None:  # and their reconstructions on disk
+                    saved.flush()
                 progress.rows, progress.samples = list(writer.rows), dict(samples)
                 progress.suite_state, progress.latent_shapes = suite.state_dict(), dict(adapter.latent_shapes)
                 progress.baseline_state = baseline.state_dict() if baseline is not None else {}
