@@ -734,6 +734,7 @@ SCENARIOS = (
     "floor eager",
     "floor compiled (KL), eager others",
     "pipeline compiled (KL), eager others",
+    "pipeline compiled where measured, eager others",
 )
 
 
@@ -748,7 +749,9 @@ def projection(cases: Sequence[Case], sizes: Sequence[int], startup_s: float) ->
     outside = [c.pipeline["outside_loop_s"] for c in cases if c.pipeline]
     per_job = statistics.mean(outside) if outside else 0.0
     totals: dict[str, float | None] = dict.fromkeys(SCENARIOS, 0.0)
-    totals["pipeline eager"] = totals["pipeline compiled (KL), eager others"] = startup_s
+    for scenario in SCENARIOS:
+        if scenario.startswith("pipeline"):
+            totals[scenario] = startup_s
 
     def pipeline_job(figures: dict[str, Any], n_images: int, batch_size: int) -> float | None:
         if not figures.get("steady_images_per_s"):
@@ -775,6 +778,9 @@ def projection(cases: Sequence[Case], sizes: Sequence[int], startup_s: float) ->
                     floor_job(case.compiled, n_images, True) if kl else floor_job(case.eager, n_images, False)
                 ),
                 "pipeline compiled (KL), eager others": compiled_job if kl else eager_job,
+                "pipeline compiled where measured, eager others": (
+                    compiled_job if case.compiled_pipeline else eager_job
+                ),
             }
             for scenario, value in seconds.items():
                 total = totals[scenario]
@@ -838,7 +844,7 @@ def target_lines(cases: Sequence[Case], plan: dict[str, Any]) -> list[str]:
         for c in cases
         if c.model in KL_MODELS and ((r := against_floor(c, c.compiled_pipeline)) is None or r < 1.5)
     ]
-    minutes = plan["minutes"]["pipeline compiled (KL), eager others"]
+    minutes = plan["minutes"]["pipeline compiled where measured, eager others"]
     study = "PASS" if minutes is not None and minutes <= 25 and not plan["missing"] else "FAIL"
 
     def verdict(failing: list[str]) -> str:
@@ -850,7 +856,7 @@ def target_lines(cases: Sequence[Case], plan: dict[str, Any]) -> list[str]:
         "",
         f"- pipeline (steady) / eager floor >= 0.9, compile off: {verdict(low)}",
         f"- pipeline compiled / eager floor >= 1.5 for the KL VAEs: {verdict(slow)}",
-        f"- projected full study <= 25 min (compile on for the KL VAEs): {study} ({_fmt(minutes)} min)",
+        f"- projected full study <= 25 min (compiled where measured): {study} ({_fmt(minutes)} min)",
     ]
 
 
