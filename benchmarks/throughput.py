@@ -231,6 +231,12 @@ def _install_probes(spec: dict[str, Any]) -> None:
             return compile_vae(load(*args, **kwargs), **spec["compile"])
 
         evaluate.load_vae = load_compiled
+        build_suite = evaluate.MetricSuite
+
+        def compiled_suite(*args: Any, **kwargs: Any) -> Any:  # the metric networks, as run.compile does
+            return build_suite(*args, **{**kwargs, "compile_backend": spec["compile"]["backend"]})
+
+        evaluate.MetricSuite = compiled_suite
     for owner, attr, key in (
         (preflight, "check", "pre-flight check"),
         (evaluate, "load_vae", "load VAE"),

@@ -46,6 +46,7 @@ def job(
     stats: dict | None = None,
     finished: float = 1.0,
     kind: str = "",
+    compiled: bool = False,
 ) -> JobResult:
     return JobResult(
         path=ROOT / f"{model}-{dataset}",
@@ -60,6 +61,7 @@ def job(
         finished=finished,
         not_computed=not_computed or {},
         dataset_kind=kind,
+        compiled=compiled,
     )
 
 
@@ -235,6 +237,23 @@ def test_footnote_names_failed_and_missing_jobs() -> None:
     assert not lines(complete.footnote, "N/A: job failed") and not lines(complete.footnote, "N/A: no job")
     assert complete.failures == []
     assert complete.published is None and complete.diff_notes == []
+
+
+def test_footnote_says_which_results_were_compiled() -> None:
+    compiled = "compiled with torch.compile (run.compile: VAE encoder and decoder, metric networks)"
+    jobs = [
+        job("sd21", "aid", {"psnr": 1.0}, compiled=True),
+        job("flux2", "resisc45", {"psnr": 2.0}),
+        job("sd21", "resisc45", {"psnr": 3.0}, compiled=True),
+    ]
+    paper = build_table(select(*jobs))
+    # in table order: models as the study lists them, RESISC45 before AID
+    assert lines(paper.footnote, "Results compiled") == [
+        f"Results {compiled}: SD21-VAE on RESISC45, SD21-VAE on AID; the others eager."
+    ]
+    every = build_table(select(jobs[0], jobs[2]))
+    assert lines(every.footnote, "All results") == [f"All results {compiled}."]
+    assert not [line for line in build_table(select(jobs[1])).footnote if "compile" in line]
 
 
 def test_na_notes_give_each_reason_and_name_cells_only_when_not_all_jobs() -> None:

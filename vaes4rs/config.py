@@ -280,8 +280,9 @@ class RunSettings:
     checkpoint_every: int = 0
     resume: ResumeMode = ResumeMode.auto
     skip_finished: bool = False  # a job whose complete metrics.json matches its config is skipped
-    # torch.compile of the VAE's encoder and decoder (static shapes, channels_last): faster on a
-    # GPU after a compilation per image size; results move at bf16 rounding level (experiments/throughput).
+    # torch.compile of the VAE's encoder and decoder (static shapes, channels_last) and of the metric
+    # networks: faster on a GPU after a compilation per image size; results move at bf16 rounding
+    # level (experiments/throughput); tables say which results were compiled.
     compile: bool = False
     # Write every reconstruction as a lossless PNG in the source's class layout (+ a card).
     save_reconstructions: bool = False

@@ -227,11 +227,14 @@ def evaluate(
         compile_vae(module, channels_last=True)
     adapter = adapter_for(module, cfg.model, cfg.metric)
     cache_mib = cfg.run.feature_cache_mb
-    suite = MetricSuite(cfg.metric, device, dtype, feature_cache_mib=cache_mib)
+    compiled = "inductor" if cfg.run.compile else None
+    suite = MetricSuite(cfg.metric, device, dtype, feature_cache_mib=cache_mib, compile_backend=compiled)
     scores_baseline = cfg.dataset.degrade.active and cfg.metric.reference == "clean"
     baseline = None
     if scores_baseline:  # the degraded input scored as is: its own suite, the same networks
-        baseline = MetricSuite(cfg.metric, device, dtype, suite.networks, feature_cache_mib=cache_mib)
+        baseline = MetricSuite(
+            cfg.metric, device, dtype, suite.networks, feature_cache_mib=cache_mib, compile_backend=compiled
+        )
     by_band = cfg.dataset.band_mode == "each"
     columns = [*results.ID_COLUMNS, *(["band"] if by_band else []), *suite.columns]
     if baseline is not None:

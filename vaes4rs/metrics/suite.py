@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from vaes4rs.config import MetricConfig
 from vaes4rs.device import HostCopy
@@ -467,6 +468,20 @@ METRICS: tuple[type[Metric], ...] = (
 )
 
 
+def compile_networks(networks: Networks, backend: str | Callable = "inductor") -> None:
+    """torch.compile every frozen metric network in place, with static shapes.
+
+    Compiled float32 networks compute the same functions up to float32 rounding (InceptionV3's
+    features moved by at most 4e-7 of the largest on 8 RESISC45 images, on a CPU). A network
+    already compiled, shared with the baseline's suite, is left as it is.
+    """
+    for network in networks.values():
+        module = network.model if isinstance(network, FrozenFeatures) else network
+        # nn.Module.compile keeps the module (class, state dict) and keeps the compiled call here
+        if isinstance(module, nn.Module) and getattr(module, "_compiled_call_impl", None) is None:
+            module.compile(backend=backend, dynamic=False)
+
+
 class MetricSuite:
     """The metrics a protocol switches on, with its casts (ground-truth dtype, quantisation).
 
@@ -480,11 +495,13 @@ class MetricSuite:
         model_dtype: torch.dtype,
         networks: Networks | None = None,
         feature_cache_mib: int = 0,
+        compile_backend: str | Callable | None = None,
     ) -> None:
         """``networks``: another suite's ``networks`` to reuse its loaded metric networks.
 
         ``feature_cache_mib``: memory for reference features kept across the process's jobs
         (``run.feature_cache_mb``; used when ``update`` is told the batch's ``source``).
+        ``compile_backend``: torch.compile the metric networks with it (``run.compile``).
         """
         self.cfg = cfg
         self.model_dtype = model_dtype
@@ -495,6 +512,9 @@ class MetricSuite:
         for cls in METRICS:
             if cls.enabled(cfg):
                 self._add(cls, device)
+        self.compiled = compile_backend is not None
+        if compile_backend is not None:
+            compile_networks(self.networks, compile_backend)
 
     def _add(self, cls: type[Metric], device: torch.device) -> None:
         """Load one metric; a missing network file skips it (loudly) or stops the job."""
@@ -560,7 +580,7 @@ class MetricSuite:
         reuse = None
         if source is not None and self.feature_cache_mib > 0:
             casts = (str(self.cfg.gt_dtype), str(self.model_dtype) if self.cfg.gt_dtype == "model" else None)
-            reuse = Reuse((source, *casts), self.feature_cache_mib)
+            reuse = Reuse((source, *casts, self.compiled), self.feature_cache_mib)
         with torch.no_grad():
             pred, target = self.prepare(recon, original)
             observed: dict[str, torch.Tensor] = {}

@@ -54,6 +54,7 @@ class JobResult:
     degradation: dict[str, Any] = field(default_factory=dict)
     baseline: dict[str, float] = field(default_factory=dict)
     baseline_label: str = ""
+    compiled: bool = False  # run.compile: VAE and metric networks through torch.compile
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -199,6 +200,7 @@ def read_result(path: Path) -> JobResult:
             degradation=dict(_object(payload.get("degradation") or {}, "degradation")),
             baseline=_numeric(_object(baseline.get("metrics", {}), "baseline.metrics")),
             baseline_label=str(baseline.get("label") or "degraded input") if baseline else "",
+            compiled=bool(_object(payload.get("timing") or {}, "timing").get("compiled", False)),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise _unreadable(path, exc) from exc

@@ -362,6 +362,20 @@ def _scalars(settings: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in settings.items() if isinstance(v, (str, int, float)) or v is None)
 
 
+def _compiled_note(selection: Selection, models: list[str], labels: dict[str, str]) -> list[str]:
+    """Which results ran through torch.compile (``run.compile``), in table order: they differ
+    from eager ones at bf16 rounding level, so a table says so."""
+    results = selection.results
+    compiled = [(m, d) for m in models for d in labels if (m, d) in results and results[m, d].compiled]
+    if not compiled:
+        return []
+    what = "compiled with torch.compile (run.compile: VAE encoder and decoder, metric networks)"
+    if len(compiled) == len(selection.results):
+        return [f"All results {what}."]
+    names = ", ".join(f"{model_label(model)} on {labels[dataset]}" for model, dataset in compiled)
+    return [f"Results {what}: {names}; the others eager."]
+
+
 def _extra_notes(selection: Selection, columns: list[MetricColumn], labels: dict[str, str]) -> list[str]:
     """What the CMMD and probe columns mean, with the probe's accuracy on originals per dataset."""
     keys = {c.key for c in columns}
@@ -476,6 +490,7 @@ def build_table(selection: Selection, published: Published | None = None) -> Pap
     labels = {d: selection.dataset_label(d) for d in datasets}
     columns = [(column, dataset) for column in metric_columns for dataset in datasets]
     footnote += _extra_notes(selection, metric_columns, labels)
+    footnote += _compiled_note(selection, models, labels)
     baseline, baseline_intervals, baseline_label, baseline_notes = _baseline(
         selection, datasets, metric_columns, labels
     )
