@@ -85,6 +85,32 @@ def compose_conf() -> Callable[..., DictConfig]:
     return compose_with
 
 
+def local_job_overrides(model_dir: Path, root: Path) -> list[str]:
+    """A local diffusers model on an image folder, on the CPU, without workers or a progress bar."""
+    return [
+        "model=local",
+        f"model.path={model_dir}",
+        "dataset=folder",
+        f"dataset.root={root}",
+        "dataset.num_workers=0",
+        "run.device=cpu",
+        "run.progress=false",
+    ]
+
+
+def evaluate_job(compose_conf: Callable, model_dir: Path, root: Path, out_dir: Path, *overrides: str) -> dict:
+    """One ``vaes4rs.run`` job in this process (``evaluate``, after the pre-flight check), no logger."""
+    from vaes4rs import preflight
+    from vaes4rs.config import validate
+    from vaes4rs.evaluate import evaluate
+
+    cfg = validate(compose_conf([*local_job_overrides(model_dir, root), "logger=none", *overrides]))
+    out_dir.mkdir(parents=True)
+    payload = evaluate(cfg, out_dir, preflight.check(cfg))
+    assert payload is not None
+    return payload
+
+
 def read_per_image(path: Path) -> dict[str, np.ndarray]:
     """per_image.csv as columns (numeric columns as float64)."""
     with path.open(newline="") as handle:

@@ -19,38 +19,21 @@ import torch
 from diffusers import AutoencoderKL
 from PIL import Image
 
-from tests.conftest import read_per_image, write_rgb
-from vaes4rs import checkpoint, files, preflight, reconstructions
+from tests.conftest import evaluate_job, read_per_image, write_rgb
+from vaes4rs import checkpoint, files, reconstructions
 from vaes4rs import evaluate as loop
-from vaes4rs.config import validate
 from vaes4rs.models.adapter import NonFiniteOutputError
 
 
 def run_job(compose_conf: Callable, model_dir: Path, root: Path, out_dir: Path, *overrides: str) -> dict:
-    cfg = validate(
-        compose_conf(
-            [
-                "model=local",
-                f"model.path={model_dir}",
-                "dataset=folder",
-                f"dataset.root={root}",
-                "dataset.num_workers=0",
-                "metric=paper",
-                "metric.lpips=false",
-                "metric.fid=false",
-                "run.device=cpu",
-                "run.batch_size=2",
-                "run.progress=false",
-                "run.n_samples=2",
-                "logger=none",
-                *overrides,
-            ]
-        )
-    )
-    out_dir.mkdir(parents=True)
-    payload = loop.evaluate(cfg, out_dir, preflight.check(cfg))
-    assert payload is not None
-    return payload
+    protocol = [
+        "metric=paper",
+        "metric.lpips=false",
+        "metric.fid=false",
+        "run.batch_size=2",
+        "run.n_samples=2",
+    ]
+    return evaluate_job(compose_conf, model_dir, root, out_dir, *protocol, *overrides)
 
 
 @pytest.fixture

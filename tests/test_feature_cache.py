@@ -17,10 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import read_per_image, write_rgb
-from vaes4rs import files, preflight
-from vaes4rs.config import MetricConfig, validate
-from vaes4rs.evaluate import evaluate
+from tests.conftest import evaluate_job, read_per_image, write_rgb
+from vaes4rs import files
+from vaes4rs.config import MetricConfig
 from vaes4rs.metrics.reference_cache import REFERENCE_FEATURES, FeatureCache, ReferenceBatch
 from vaes4rs.metrics.suite import InceptionDistances, MetricSuite
 
@@ -35,30 +34,14 @@ def empty_cache() -> Iterator[None]:
 
 
 def run_job(compose_conf: Callable, model_dir: Path, root: Path, out_dir: Path, *overrides: str) -> dict:
-    cfg = validate(
-        compose_conf(
-            [
-                "model=local",
-                f"model.path={model_dir}",
-                "dataset=folder",
-                f"dataset.root={root}",
-                "dataset.num_workers=0",
-                "metric=paper",
-                "metric.lpips=false",
-                "metric.kid=true",
-                "run.device=cpu",
-                "run.batch_size=1",
-                "run.progress=false",
-                "run.n_samples=0",
-                "logger=none",
-                *overrides,
-            ]
-        )
-    )
-    out_dir.mkdir(parents=True)
-    payload = evaluate(cfg, out_dir, preflight.check(cfg))
-    assert payload is not None
-    return payload
+    protocol = [
+        "metric=paper",
+        "metric.lpips=false",
+        "metric.kid=true",
+        "run.batch_size=1",
+        "run.n_samples=0",
+    ]
+    return evaluate_job(compose_conf, model_dir, root, out_dir, *protocol, *overrides)
 
 
 def test_a_job_that_reuses_the_originals_features_scores_the_same(

@@ -89,7 +89,8 @@ def test_reused_features_come_back_on_the_metrics_device(tmp_path: Path) -> None
     REFERENCE_FEATURES.clear()
     try:
         # what an earlier job on this device would have kept (a meta tensor cannot be copied out)
-        key = ((source, str(cfg.gt_dtype), str(torch.float32)), *metric.input_settings())  # gt_dtype=model
+        # gt_dtype=model, networks not compiled
+        key = ((source, str(cfg.gt_dtype), str(torch.float32), False), *metric.input_settings())
         REFERENCE_FEATURES.put(key, torch.ones(1, 2048), budget_mib=1)
         pred = torch.zeros(1, 3, 4, 4, device=meta)
         suite.update(pred, pred, source=source)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO_ROOT, RS_SAMPLES, SHARED, needs_shared, write_rgb
+from tests.conftest import REPO_ROOT, RS_SAMPLES, SHARED, local_job_overrides, needs_shared, write_rgb
 from tests.tiny_models import TINY_MODELS
 from vaes4rs.config import ModelConfig
 from vaes4rs.encode import EncodeConfig, export, validate_encode
@@ -43,17 +43,7 @@ def encode_cfg(compose_conf: Callable, model_dir: Path, root: Path, *overrides: 
     """A validated encode config for a local diffusers model on an image folder, on the CPU."""
     return validate_encode(
         compose_conf(
-            [
-                "model=local",
-                f"model.path={model_dir}",
-                "dataset=folder",
-                f"dataset.root={root}",
-                "dataset.num_workers=0",
-                "run.device=cpu",
-                "run.batch_size=2",
-                "run.progress=false",
-                *overrides,
-            ],
+            [*local_job_overrides(model_dir, root), "run.batch_size=2", *overrides],
             config_name="encode",
         )
     )
