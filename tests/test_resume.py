@@ -110,7 +110,15 @@ def environment(torch_home: Path) -> dict[str, str]:
 
 
 def interrupt_after_a_checkpoint(cmd: list[str], run_dir: Path, env: dict[str, str], sig: int) -> None:
-    process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # A shell's background job (`pytest ... &`) ignores SIGINT, and its children inherit that: the
+    # run must get the signal with its default meaning, as from a terminal's Ctrl-C.
+    process = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 300
     while not (run_dir / files.CHECKPOINT_FILE).exists():
         assert process.poll() is None, "the run ended before its first checkpoint"
