@@ -42,6 +42,16 @@ def planted_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield home
 
 
+@pytest.fixture(autouse=True)
+def fresh_metric_networks() -> Iterator[None]:
+    """Each test starts as a new process would: no metric networks left by an earlier job."""
+    from vaes4rs.metrics.suite import SHARED_NETWORKS
+
+    SHARED_NETWORKS.clear()
+    yield
+    SHARED_NETWORKS.clear()
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder laid out like BiliSakura/VAEs: SD21-VAE/, FLUX2-VAE/, SANA-VAE/, Qwen-VAE/."""

@@ -26,7 +26,7 @@ from vaes4rs.distributed import SINGLE_PROCESS, Ranks, gather
 from vaes4rs.latents import start_decoding
 from vaes4rs.metrics.pixel import to_uint8
 from vaes4rs.metrics.reference_cache import REFERENCE_FEATURES, ReferenceBatch
-from vaes4rs.metrics.suite import MetricSuite, PendingColumns
+from vaes4rs.metrics.suite import SHARED_NETWORKS, MetricSuite, PendingColumns
 from vaes4rs.models.adapter import NOISE_RULE, Reconstruction, VAEAdapter
 from vaes4rs.models.compile import compile_vae
 from vaes4rs.models.cost import model_stats
@@ -228,7 +228,12 @@ def evaluate(
     adapter = adapter_for(module, cfg.model, cfg.metric)
     cache_mib = cfg.run.feature_cache_mb
     compiled = "inductor" if cfg.run.compile else None
-    suite = MetricSuite(cfg.metric, device, dtype, feature_cache_mib=cache_mib, compile_backend=compiled)
+    shared = SHARED_NETWORKS.for_job(SHARED_NETWORKS.job_key(cfg.metric, device, compiled))
+    if shared:
+        log.info("metric networks of the previous job reused: %s", ", ".join(shared))
+    suite = MetricSuite(
+        cfg.metric, device, dtype, feature_cache_mib=cache_mib, compile_backend=compiled, shared=shared
+    )
     scores_baseline = cfg.dataset.degrade.active and cfg.metric.reference == "clean"
     baseline = None
     if scores_baseline:  # the degraded input scored as is: its own suite, the same networks

@@ -33,9 +33,10 @@ more, FID on one image) is absent, never zero; ``protocol()["not_computed"]`` sa
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -71,6 +72,9 @@ class Metric:
     name: str = ""
     columns: tuple[str, ...] = ()
     definition: str = ""  # recorded in metrics.json so a number says how it was made
+    # Its network is built from metric weight files alone (weights.WEIGHT_FILES), so the next
+    # job of the process may take it over (SharedNetworks).
+    network_outlives_job: ClassVar[bool] = False
 
     def __init__(self, cfg: MetricConfig, device: torch.device, networks: Networks | None = None) -> None:
         self.cfg = cfg
@@ -187,6 +191,7 @@ class SSIM(PerImageMetric):
 
 class LPIPS(PerImageMetric):
     name = "lpips"
+    network_outlives_job = True
     columns = ("lpips",)
     definition = "LPIPS v0.1, AlexNet backbone and official linear heads, network input [-1, 1]"
 
@@ -200,6 +205,7 @@ class LPIPS(PerImageMetric):
 
 class LPIPSVGG(PerImageMetric):
     name = "lpips_vgg"
+    network_outlives_job = True
     columns = ("lpips_vgg",)
     definition = "piq LPIPS, VGG16 backbone, input [0, 1] (ImageNet-normalised inside)"
 
@@ -222,6 +228,7 @@ class MSSSIM(PerImageMetric):
 
 class DISTS(PerImageMetric):
     name = "dists"
+    network_outlives_job = True
     columns = ("dists",)
     definition = "piq DISTS, VGG16 with L2 pooling, input [0, 1], sides over 256 px resized to 256"
 
@@ -238,6 +245,7 @@ class InceptionDistances(Metric):
 
     name = "fid"
     definition = "InceptionV3 2048-d pool features (torch-fidelity weights), float64 statistics"
+    network_outlives_job = True
 
     @classmethod
     def enabled(cls, cfg: MetricConfig) -> bool:
@@ -468,6 +476,44 @@ METRICS: tuple[type[Metric], ...] = (
 )
 
 
+class SharedNetworks:
+    """The metric networks of a process's last job, for its next job (a sweep runs its jobs in one
+    process, usually all with one protocol).
+
+    Loading LPIPS and InceptionV3 costs a job ~0.4 s, compiling them (``run.compile``) far more.
+    Only networks built from the metric weight files alone are kept (``Metric.network_outlives_job``;
+    CLIP and the probe's backbone come from timm's hub cache), under a key of all that builds
+    them: the protocol, the device, the compile backend and the path, size and modification time
+    of every metric weight file (``job_key``). A job with another key replaces them.
+    """
+
+    def __init__(self) -> None:
+        self.key: Hashable = None
+        self.networks: Networks = {}
+
+    @staticmethod
+    def job_key(cfg: MetricConfig, device: torch.device, compile_backend: object) -> tuple:
+        files = []
+        for key in weights.WEIGHT_FILES:
+            given = cfg.weights.get(key)
+            path = Path(given).expanduser() if given else weights.default_path(key)
+            stat = path.stat() if path.is_file() else None
+            files.append((key, str(path), stat and stat.st_size, stat and stat.st_mtime_ns))
+        return repr(cfg), str(device), repr(compile_backend), tuple(files)
+
+    def for_job(self, key: Hashable) -> Networks:
+        """The kept networks if ``key`` is the last job's, else a new, empty store."""
+        if key != self.key:
+            self.key, self.networks = key, {}
+        return self.networks
+
+    def clear(self) -> None:
+        self.key, self.networks = None, {}
+
+
+SHARED_NETWORKS = SharedNetworks()  # one per process
+
+
 def compile_networks(networks: Networks, backend: str | Callable = "inductor") -> None:
     """torch.compile every frozen metric network in place, with static shapes.
 
@@ -497,17 +543,21 @@ class MetricSuite:
         networks: Networks | None = None,
         feature_cache_mib: int = 0,
         compile_backend: str | Callable | None = None,
+        shared: Networks | None = None,
     ) -> None:
         """``networks``: another suite's ``networks`` to reuse its loaded metric networks.
 
         ``feature_cache_mib``: memory for reference features kept across the process's jobs
         (``run.feature_cache_mb``; used when ``update`` is told the batch's ``source``).
         ``compile_backend``: torch.compile the metric networks with it (``run.compile``).
+        ``shared``: networks an earlier job left for this one (``SharedNetworks.for_job``); the
+        ones this suite builds that may outlive the job are left there in turn.
         """
         self.cfg = cfg
         self.model_dtype = model_dtype
         self.feature_cache_mib = feature_cache_mib
         self.networks: Networks = {} if networks is None else networks
+        self.networks.update(shared or {})
         self.metrics: list[Metric] = []
         self.skipped: dict[str, str] = {}  # metric key -> why its network could not be loaded
         for cls in METRICS:
@@ -516,6 +566,9 @@ class MetricSuite:
         self.compiled = compile_backend is not None
         if compile_backend is not None:
             compile_networks(self.networks, compile_backend)
+        if shared is not None:
+            lasting = {type(m).__name__ for m in self.metrics if m.network_outlives_job}
+            shared.update({name: net for name, net in self.networks.items() if name in lasting})
 
     def _add(self, cls: type[Metric], device: torch.device) -> None:
         """Load one metric; a missing network file skips it (loudly) or stops the job."""
