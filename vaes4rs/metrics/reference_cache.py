@@ -26,6 +26,12 @@ from vaes4rs.device import HostCopy
 MIB = 2**20
 
 
+def file_identity(path: Path) -> tuple[str, int, int]:
+    """(path, size, modification time in ns): what a key holds to say a file is the one it was."""
+    stat = os.stat(path)
+    return str(path), stat.st_size, stat.st_mtime_ns
+
+
 @dataclass(frozen=True)
 class ReferenceBatch:
     """What identifies one batch's reference images before any metric casts them."""
@@ -40,11 +46,8 @@ class ReferenceBatch:
         cls, dataset: str, images: Sequence[tuple[str, Path]], which: str, shape: Sequence[int]
     ) -> ReferenceBatch:
         """``images``: (image id, file) of each image; an id also names the band (band_mode=each)."""
-        files = []
-        for image_id, path in images:
-            stat = os.stat(path)
-            files.append((image_id, str(path), stat.st_size, stat.st_mtime_ns))
-        return cls(dataset, tuple(files), which, tuple(int(n) for n in shape))
+        files = tuple((image_id, *file_identity(path)) for image_id, path in images)
+        return cls(dataset, files, which, tuple(int(n) for n in shape))
 
 
 @dataclass(frozen=True)

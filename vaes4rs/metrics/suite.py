@@ -46,7 +46,7 @@ from vaes4rs.config import MetricConfig
 from vaes4rs.device import HostCopy
 from vaes4rs.metrics import cmmd, fid, perceptual, pixel, probe, stats, weights
 from vaes4rs.metrics.features import FrozenFeatures, KeptFeatures
-from vaes4rs.metrics.reference_cache import REFERENCE_FEATURES, ReferenceBatch, Reuse
+from vaes4rs.metrics.reference_cache import REFERENCE_FEATURES, ReferenceBatch, Reuse, file_identity
 
 log = logging.getLogger(__name__)
 
@@ -268,15 +268,7 @@ class InceptionDistances(Metric):
         (tests) needs no file until features are kept.
         """
         network = weights.weight_path("inception", self.cfg.weights)
-        stat = network.stat()
-        return (
-            self.cfg.fid_quantize,
-            self.cfg.fid_resize,
-            str(self.device),
-            str(network),
-            stat.st_size,
-            stat.st_mtime_ns,
-        )
+        return (self.cfg.fid_quantize, self.cfg.fid_resize, str(self.device), *file_identity(network))
 
     def observe(self, pred, target, labels, reuse=None):
         real = None
@@ -497,8 +489,7 @@ class SharedNetworks:
         for key in weights.WEIGHT_FILES:
             given = cfg.weights.get(key)
             path = Path(given).expanduser() if given else weights.default_path(key)
-            stat = path.stat() if path.is_file() else None
-            files.append((key, str(path), stat and stat.st_size, stat and stat.st_mtime_ns))
+            files.append((key, *(file_identity(path) if path.is_file() else (str(path), None, None))))
         return repr(cfg), str(device), repr(compile_backend), tuple(files)
 
     def for_job(self, key: Hashable) -> Networks:
