@@ -223,11 +223,11 @@ def evaluate(
     module = load_vae(cfg.model, device, dtype)
     if ready.latents is not None:
         ready.latents.check_model(module)
-    if cfg.run.compile:
-        compile_vae(module, channels_last=True)
+    compiled = "inductor" if cfg.run.compile else None  # the backend of the VAE's and the metric networks'
+    if compiled is not None:
+        compile_vae(module, channels_last=True, backend=compiled)
     adapter = adapter_for(module, cfg.model, cfg.metric)
     cache_mib = cfg.run.feature_cache_mb
-    compiled = "inductor" if cfg.run.compile else None
     shared = SHARED_NETWORKS.for_job(SHARED_NETWORKS.job_key(cfg.metric, device, compiled))
     if shared:
         log.info("metric networks of the previous job reused: %s", ", ".join(shared))
